@@ -1,0 +1,1 @@
+# Generated from proto/ by `make protos` (flowpipe.protogen). Do not edit.

@@ -1,0 +1,13 @@
+"""Build the C wire decoder; all other metadata lives in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "flowpipe._wire",
+            ["flowpipe/_wire.c"],
+            extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ]
+)
