@@ -832,9 +832,66 @@ static PyObject *w_decode(PyObject *self, PyObject *args) {
     return result;
 }
 
+static int hexval(uint8_t c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* pack_uuids(offsets, data, n) -> (packed16, validity, packed_count).
+ * A string packs only if it is a canonical lowercase 8-4-4-4-12 UUID, so formatting the
+ * 16 bytes gives back exactly the same string. */
+static PyObject *w_pack_uuids(PyObject *self, PyObject *args) {
+    Py_buffer off, data;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*y*n", &off, &data, &n)) return NULL;
+    if (off.len < (n + 1) * 4) {
+        PyBuffer_Release(&off); PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "offsets too short");
+        return NULL;
+    }
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, n * 16);
+    PyObject *valid = PyBytes_FromStringAndSize(NULL, (n + 7) / 8);
+    if (!packed || !valid) {
+        Py_XDECREF(packed); Py_XDECREF(valid);
+        PyBuffer_Release(&off); PyBuffer_Release(&data);
+        return NULL;
+    }
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(packed);
+    uint8_t *vb = (uint8_t *)PyBytes_AS_STRING(valid);
+    memset(out, 0, (size_t)n * 16);
+    memset(vb, 0, (size_t)(n + 7) / 8);
+    const int32_t *o = (const int32_t *)off.buf;
+    const uint8_t *d = (const uint8_t *)data.buf;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int32_t a = o[i], b = o[i + 1];
+        if (b - a != 36 || b > data.len) continue;
+        const uint8_t *s = d + a;
+        if (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') continue;
+        uint8_t tmp[16];
+        int k = 0, ok = 1;
+        for (int j = 0; j < 36 && ok; j++) {
+            if (j == 8 || j == 13 || j == 18 || j == 23) continue;
+            int h = hexval(s[j]), l = hexval(s[j + 1]);
+            if (h < 0 || l < 0) { ok = 0; break; }
+            tmp[k++] = (uint8_t)(h << 4 | l);
+            j++;
+        }
+        if (!ok || k != 16) continue;
+        memcpy(out + i * 16, tmp, 16);
+        vb[i / 8] |= (uint8_t)(1u << (i % 8));
+        count++;
+    }
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&data);
+    return Py_BuildValue("(NNn)", packed, valid, count);
+}
+
 static PyMethodDef methods[] = {
     {"compile", w_compile, METH_VARARGS, "Compile a decoding spec."},
     {"decode", w_decode, METH_VARARGS, "Decode serialized messages into column buffers."},
+    {"pack_uuids", w_pack_uuids, METH_VARARGS, "Pack canonical UUID strings into 16 bytes."},
     {NULL, NULL, 0, NULL},
 };
 

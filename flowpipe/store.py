@@ -1,0 +1,314 @@
+"""The Parquet store: hive-partitioned files per cluster and hour, committed atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flowpipe.errors import StoreError
+
+FLOWS = "flows"
+EVENTS = "events"
+INCOMING = ".incoming"
+LOCK = ".lock"
+DB_FILE = "flowpipe.duckdb"
+ENV = "FLOWPIPE_STORE"
+CLUSTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True}
+FORMAT_VERSION = "1"
+SCHEMA_CLUSTER = "_schema"  # cannot clash: cluster names start with a letter or digit
+
+
+def check_cluster(name: str) -> str:
+    """Return name if it is usable as a cluster partition value, else raise ValueError."""
+    if not CLUSTER_RE.match(name):
+        raise ValueError(
+            f"invalid cluster name {name!r}: use letters, digits, '.', '_' or '-' (max 63)"
+        )
+    return name
+
+
+@dataclass
+class WriteResult:
+    files: list[Path] = field(default_factory=list)
+    flows: int = 0
+    events: int = 0
+    bytes: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe_os_error(exc: OSError, what: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device while {what}"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded while {what}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied while {what}"
+    if exc.errno == errno.EROFS:
+        return f"read-only file system while {what}"
+    return f"{exc.strerror or exc} while {what}"
+
+
+class Store:
+    """A store root: flows/ and events/ partitions, an .incoming/ area and the DuckDB file."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().absolute()
+
+    # -------------------------------------------------------------- layout
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None, *, create: bool = False) -> Store:
+        """The store at root (or $FLOWPIPE_STORE); raise StoreError when it does not exist."""
+        if root is None:
+            root = os.environ.get(ENV)
+        if not root:
+            raise StoreError(f"no store given: pass --store PATH or set {ENV}")
+        store = cls(root)
+        if create:
+            store.ensure()
+        elif not (store.root / FLOWS).is_dir():
+            raise StoreError(f"no flowpipe store at {store.root} (run collect or import first)")
+        return store
+
+    def ensure(self) -> None:
+        """Create the store directories."""
+        try:
+            for sub in (FLOWS, EVENTS, INCOMING):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / LOCK).touch(exist_ok=True)
+            self._write_schema_files()
+        except OSError as exc:
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'creating it')}") from exc
+
+    def _write_schema_files(self) -> None:
+        # An empty file with the current schema in every glob: views work on an empty store,
+        # and union_by_name gives old files the columns newer versions added.
+        from flowpipe import schema
+
+        for kind, sch in ((FLOWS, schema.storage_schema()), (EVENTS, schema.events_schema())):
+            d = self.root / kind / f"cluster={SCHEMA_CLUSTER}" / "date=1970-01-01" / "hour=00"
+            path = d / f"schema-v{FORMAT_VERSION}.parquet"
+            if path.exists():
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = self.root / INCOMING / f"{kind}-schema.tmp"
+            pq.write_table(sch.empty_table(), tmp)
+            os.rename(tmp, path)
+
+    def glob(self, kind: str = FLOWS) -> str:
+        """The DuckDB glob that matches every committed file of kind (never temporary files)."""
+        return str(self.root / kind / "*" / "*" / "*" / "*.parquet")
+
+    def files(self, kind: str = FLOWS, cluster: str | None = None) -> list[Path]:
+        """Committed Parquet files of kind, optionally of one cluster, sorted by path."""
+        base = self.root / kind
+        pattern = f"cluster={cluster}/*/*/*.parquet" if cluster else "cluster=*/*/*/*.parquet"
+        return sorted(p for p in base.glob(pattern) if p.parent.parent.parent.name != f"cluster={SCHEMA_CLUSTER}")
+
+    def clusters(self) -> list[str]:
+        """Clusters that have a flows or events partition."""
+        names = set()
+        for kind in (FLOWS, EVENTS):
+            base = self.root / kind
+            if base.is_dir():
+                names.update(p.name.split("=", 1)[1] for p in base.glob("cluster=*") if p.is_dir())
+        names.discard(SCHEMA_CLUSTER)
+        return sorted(names)
+
+    def partition_dir(self, kind: str, cluster: str, hour_start_ns: int) -> Path:
+        dt = datetime.fromtimestamp(hour_start_ns / 1e9, tz=timezone.utc)
+        return self.root / kind / f"cluster={cluster}" / f"date={dt:%Y-%m-%d}" / f"hour={dt:%H}"
+
+    # -------------------------------------------------------------- locking
+
+    @contextlib.contextmanager
+    def read_lock(self) -> Iterator[None]:
+        """Hold off compaction's file swap while a query reads (writers never wait)."""
+        with self._lock(fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def swap_lock(self) -> Iterator[None]:
+        """Exclusive against readers, for the instant compaction swaps files."""
+        with self._lock(fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int) -> Iterator[None]:
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            # a read-only store (e.g. a mounted snapshot) cannot be compacted either
+            yield
+            return
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    # -------------------------------------------------------------- writing
+
+    def write(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
+        """Commit flows and events of one cluster: one file per hour partition, all or nothing each."""
+        check_cluster(cluster)
+        result = WriteResult()
+        for kind, table in ((FLOWS, flows), (EVENTS, events)):
+            if table is None or table.num_rows == 0:
+                continue
+            for hour_ns, part in _by_hour(table):
+                path, size = self._commit(kind, cluster, hour_ns, part)
+                result.files.append(path)
+                result.bytes += size
+            if kind == FLOWS:
+                result.flows += table.num_rows
+            else:
+                result.events += table.num_rows
+        return result
+
+    def _commit(self, kind: str, cluster: str, hour_ns: int, table: pa.Table) -> tuple[Path, int]:
+        final_dir = self.partition_dir(kind, cluster, hour_ns)
+        first = pc.min(table.column("time")).value if table.num_rows else 0
+        name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = self.root / INCOMING / f"{name}.tmp"
+        what = f"writing {final_dir.relative_to(self.root) / name}"
+        try:
+            final_dir.mkdir(parents=True, exist_ok=True)
+            (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                pq.write_table(
+                    table,
+                    fh,
+                    **PARQUET_OPTIONS,
+                    row_group_size=256 * 1024,
+                    write_statistics=["time"],
+                )
+                fh.flush()
+                os.fsync(fh.fileno())
+            size = tmp.stat().st_size
+            os.rename(tmp, final_dir / name)
+            _fsync_dir(final_dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, what)}") from exc
+        except pa.ArrowException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"store {self.root}: {exc} while {what}") from exc
+        return final_dir / name, size
+
+    def clean_incoming(self) -> int:
+        """Remove temporary files left by a killed writer; return how many."""
+        n = 0
+        for tmp in (self.root / INCOMING).glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                n += 1
+        return n
+
+    # -------------------------------------------------------------- reading state
+
+    def last_time(self, cluster: str) -> int | None:
+        """Newest flow time (ns) stored for cluster, from Parquet statistics."""
+        newest = None
+        for part in reversed(_hour_dirs(self.root / FLOWS / f"cluster={cluster}")):
+            for path in part.glob("*.parquet"):
+                t = _max_time(path)
+                if t is not None and (newest is None or t > newest):
+                    newest = t
+            if newest is not None:
+                return newest
+        return None
+
+    def keys_since(self, cluster: str, since_ns: int) -> tuple[set[str], set[int]]:
+        """uuids and fingerprints (of uuid-less flows) stored for cluster at or after since_ns."""
+        uuids: set[str] = set()
+        fps: set[int] = set()
+        cutoff_hour = since_ns - since_ns % 3_600_000_000_000
+        for part in _hour_dirs(self.root / FLOWS / f"cluster={cluster}"):
+            if _dir_hour_ns(part) < cutoff_hour:
+                continue
+            for path in part.glob("*.parquet"):
+                t = pq.read_table(path, columns=["time", "uuid", "_fp"])
+                t = t.filter(pc.greater_equal(t.column("time"), pa.scalar(since_ns, t.schema.field("time").type)))
+                has_uuid = pc.not_equal(t.column("uuid"), "")
+                uuids.update(t.filter(has_uuid).column("uuid").to_pylist())
+                fps.update(t.filter(pc.invert(has_uuid)).column("_fp").to_pylist())
+        return uuids, fps
+
+
+def _hour_dirs(cluster_dir: Path) -> list[Path]:
+    return sorted(p for p in cluster_dir.glob("date=*/hour=*") if p.is_dir())
+
+
+def _dir_hour_ns(part: Path) -> int:
+    date = part.parent.name.split("=", 1)[1]
+    hour = int(part.name.split("=", 1)[1])
+    dt = datetime.strptime(date, "%Y-%m-%d").replace(hour=hour, tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000_000
+
+
+def _max_time(path: Path) -> int | None:
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return None
+    names = meta.schema.names
+    if "time" not in names:
+        return None
+    col = names.index("time")
+    newest = None
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        value = stats.max
+        ns = value.value if hasattr(value, "value") else _to_ns(value)
+        if newest is None or ns > newest:
+            newest = ns
+    return newest
+
+
+def _to_ns(value) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
+    return int(value)
+
+
+def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """Split table by the hour of its time column (rows without time go to hour 0), sorted by time."""
+    hour_ns = 3_600_000_000_000
+    times = table.column("time").cast(pa.int64()).fill_null(0)
+    hours = pc.multiply(pc.divide(times, hour_ns), hour_ns)  # integer division
+    table = table.append_column("__hour", hours)
+    for h in pc.unique(hours).to_pylist():
+        part = table.filter(pc.equal(table.column("__hour"), h)).drop_columns(["__hour"])
+        order = pc.sort_indices(part.column("time"))
+        yield h, part.take(order)
+
+
+def now_ns() -> int:
+    return time.time_ns()

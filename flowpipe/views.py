@@ -1,0 +1,105 @@
+"""The one function that builds flowpipe's DuckDB views and rule helpers over a store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+
+from flowpipe import schema
+from flowpipe.store import DB_FILE, EVENTS, FLOWS, INCOMING, Store, StoreError
+
+VIEWS_VERSION = "1"
+
+# Rule helpers, one definition each, used by rules, `flowpipe query` and the .duckdb file.
+MACROS = {
+    # 'app=frontend' matches 'k8s:app=frontend' (any label source); 'k8s:app=frontend' matches exactly
+    "has_label": (
+        "(labels, sel)",
+        "len(list_filter(labels, lambda l: l = sel OR (strpos(l, ':') > 0 "
+        "AND substr(l, strpos(l, ':') + 1) = sel))) > 0",
+    ),
+    "allowed_by": ("(policies, name)", "list_contains(policies, name)"),
+    "denied_by": ("(policies, name)", "list_contains(policies, name)"),
+    "http_status_class": ("(code)", "CASE WHEN code IS NULL THEN NULL ELSE (code // 100) || 'xx' END"),
+    "is_world": ("(labels)", "list_contains(labels, 'reserved:world')"),
+}
+
+CONVENIENCE_VIEWS = {
+    "policy_verdicts": "SELECT * FROM flows WHERE event_type = 5",
+    "drops": "SELECT * FROM flows WHERE verdict = 'DROPPED'",
+    "l7_http": "SELECT * FROM flows WHERE l7_protocol = 'HTTP'",
+    "l7_dns": "SELECT * FROM flows WHERE l7_protocol = 'DNS'",
+    "lost_events": "SELECT * FROM events WHERE kind = 'lost_events'",
+    "node_status": "SELECT * FROM events WHERE kind = 'node_status'",
+}
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _reader(store: Store, kind: str) -> str:
+    return (
+        f"read_parquet({_quote(store.glob(kind))}, hive_partitioning = true, union_by_name = true, "
+        "hive_types = {'cluster': VARCHAR, 'date': DATE, 'hour': INTEGER})"
+    )
+
+
+def view_sql(store: Store) -> list[str]:
+    """Every statement that defines the views and macros, in order."""
+    flat = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in schema.flat_columns())
+    events = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in schema.event_columns())
+    stmts = [
+        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {_reader(store, FLOWS)}",
+        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {_reader(store, EVENTS)}",
+        f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
+        f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
+    ]
+    stmts += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in CONVENIENCE_VIEWS.items()]
+    stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in MACROS.items()]
+    return stmts
+
+
+def build_views(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """Create the views (flows, events, policy_verdicts, drops, l7_http, l7_dns, ...) and macros."""
+    for stmt in view_sql(store):
+        con.execute(stmt)
+
+
+def connect(store: Store, *, memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the store's views."""
+    config = {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(":memory:", config=config)
+    build_views(con, store)
+    return con
+
+
+def write_database(store: Store) -> Path:
+    """(Re)write <store>/flowpipe.duckdb with the same views, atomically; nothing keeps it open."""
+    final = store.root / DB_FILE
+    tmp = store.root / INCOMING / f"db-{uuid.uuid4().hex[:8]}.duckdb"
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            build_views(con, store)
+            con.execute(
+                "CREATE OR REPLACE TABLE flowpipe_meta AS SELECT ? AS views_version, ? AS store",
+                [VIEWS_VERSION, str(store.root)],
+            )
+        finally:
+            con.close()
+        os.replace(tmp, final)
+    except (OSError, duckdb.Error) as exc:
+        for leftover in (tmp, Path(str(tmp) + ".wal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise StoreError(f"store {store.root}: cannot write {DB_FILE}: {exc}") from exc
+    return final
