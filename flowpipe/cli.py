@@ -106,5 +106,48 @@ def columns(view: str) -> None:
         click.echo(f"{name:<{width}}  {doc}")
 
 
+# ---- import
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True)
+@store_option
+@click.option("--cluster", help="Cluster name for every flow (default: from node_name 'cluster/node', else 'default').")
+@click.option("--strict", is_flag=True, help="Abort on the first malformed line; nothing is written.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@handle_errors
+def import_cmd(files: tuple[str, ...], store_path: str | None, cluster: str | None, strict: bool, quiet: bool) -> None:
+    """Load hubble jsonpb captures or Hubble exporter logs (plain, .gz, or - for stdin).
+
+    Malformed lines are reported as FILE:LINE with the reason (and make the exit code 1);
+    duplicates of flows already stored are dropped, so importing a file twice adds nothing.
+
+    Example:
+
+        hubble observe -o jsonpb --last 1000 > flows.json
+        flowpipe import --store ./store --cluster cluster1 flows.json
+    """
+    from flowpipe import importer
+
+    store = open_store(store_path, create=True)
+    show_bar = not quiet and sys.stderr.isatty() and "-" not in files
+    if show_bar:
+        with click.progressbar(length=0, label="importing", file=sys.stderr, show_pos=True) as bar:
+            report = importer.import_files(store, list(files), cluster=cluster, strict=strict, on_progress=bar.update)
+    else:
+        report = importer.import_files(store, list(files), cluster=cluster, strict=strict)
+    for err in report.errors:
+        click.echo(f"flowpipe: {err}", err=True)
+    if not quiet:
+        click.echo(
+            f"imported {report.flows} flows, {report.events} events from {report.files} file(s); "
+            f"{report.duplicates} duplicates dropped, {report.skipped} agent/debug events skipped, "
+            f"{len(report.errors)} bad lines",
+            err=True,
+        )
+    if report.errors:
+        sys.exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flowpipe import dedup, schema
 from flowpipe.errors import StoreError
 
 FLOWS = "flows"
@@ -44,6 +45,7 @@ def check_cluster(name: str) -> str:
 @dataclass
 class WriteResult:
     files: list[Path] = field(default_factory=list)
+    pending: list[tuple[Path, Path]] = field(default_factory=list)
     flows: int = 0
     events: int = 0
     bytes: int = 0
@@ -104,8 +106,6 @@ class Store:
     def _write_schema_files(self) -> None:
         # An empty file with the current schema in every glob: views work on an empty store,
         # and union_by_name gives old files the columns newer versions added.
-        from flowpipe import schema
-
         for kind, sch in ((FLOWS, schema.storage_schema()), (EVENTS, schema.events_schema())):
             d = self.root / kind / f"cluster={SCHEMA_CLUSTER}" / "date=1970-01-01" / "hour=00"
             path = d / f"schema-v{FORMAT_VERSION}.parquet"
@@ -173,52 +173,73 @@ class Store:
 
     def write(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
         """Commit flows and events of one cluster: one file per hour partition, all or nothing each."""
+        staged = self.stage(cluster, flows, events)
+        self.publish(staged)
+        return staged
+
+    def stage(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
+        """Write files under .incoming/ without publishing them (see publish / discard)."""
         check_cluster(cluster)
         result = WriteResult()
-        for kind, table in ((FLOWS, flows), (EVENTS, events)):
-            if table is None or table.num_rows == 0:
-                continue
-            for hour_ns, part in _by_hour(table):
-                path, size = self._commit(kind, cluster, hour_ns, part)
-                result.files.append(path)
-                result.bytes += size
-            if kind == FLOWS:
-                result.flows += table.num_rows
-            else:
-                result.events += table.num_rows
+        try:
+            for kind, table in ((FLOWS, flows), (EVENTS, events)):
+                if table is None or table.num_rows == 0:
+                    continue
+                for hour_ns, part in _by_hour(table):
+                    tmp, final, size = self._write_tmp(kind, cluster, hour_ns, part)
+                    result.pending.append((tmp, final))
+                    result.bytes += size
+                if kind == FLOWS:
+                    result.flows += table.num_rows
+                else:
+                    result.events += table.num_rows
+        except StoreError:
+            self.discard(result)
+            raise
         return result
 
-    def _commit(self, kind: str, cluster: str, hour_ns: int, table: pa.Table) -> tuple[Path, int]:
+    def publish(self, staged: WriteResult) -> None:
+        """Rename staged files into their partitions (each rename is atomic) and fsync."""
+        dirs = set()
+        try:
+            while staged.pending:
+                tmp, final = staged.pending[0]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tmp, final)
+                staged.pending.pop(0)
+                staged.files.append(final)
+                dirs.add(final.parent)
+            for d in dirs:
+                _fsync_dir(d)
+        except OSError as exc:
+            self.discard(staged)
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'publishing files')}") from exc
+
+    def discard(self, staged: WriteResult) -> None:
+        """Delete staged files that were not published."""
+        for tmp, _ in staged.pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        staged.pending.clear()
+
+    def _write_tmp(self, kind: str, cluster: str, hour_ns: int, table: pa.Table) -> tuple[Path, Path, int]:
         final_dir = self.partition_dir(kind, cluster, hour_ns)
         first = pc.min(table.column("time")).value if table.num_rows else 0
         name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
         tmp = self.root / INCOMING / f"{name}.tmp"
         what = f"writing {final_dir.relative_to(self.root) / name}"
         try:
-            final_dir.mkdir(parents=True, exist_ok=True)
             (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
-                pq.write_table(
-                    table,
-                    fh,
-                    **PARQUET_OPTIONS,
-                    row_group_size=256 * 1024,
-                    write_statistics=["time"],
-                )
+                pq.write_table(table, fh, **PARQUET_OPTIONS, row_group_size=256 * 1024)
                 fh.flush()
                 os.fsync(fh.fileno())
-            size = tmp.stat().st_size
-            os.rename(tmp, final_dir / name)
-            _fsync_dir(final_dir)
-        except OSError as exc:
+            return tmp, final_dir / name, tmp.stat().st_size
+        except (OSError, pa.ArrowException) as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise StoreError(f"store {self.root}: {_describe_os_error(exc, what)}") from exc
-        except pa.ArrowException as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise StoreError(f"store {self.root}: {exc} while {what}") from exc
-        return final_dir / name, size
+            reason = _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            raise StoreError(f"store {self.root}: {reason}") from exc
 
     def clean_incoming(self) -> int:
         """Remove temporary files left by a killed writer; return how many."""
@@ -243,21 +264,27 @@ class Store:
                 return newest
         return None
 
-    def keys_since(self, cluster: str, since_ns: int) -> tuple[set[str], set[int]]:
-        """uuids and fingerprints (of uuid-less flows) stored for cluster at or after since_ns."""
-        uuids: set[str] = set()
-        fps: set[int] = set()
-        cutoff_hour = since_ns - since_ns % 3_600_000_000_000
+    def keys_between(self, cluster: str, lo_ns: int, hi_ns: int | None = None) -> set[str | int]:
+        """Dedup keys (uuid, or fingerprint of uuid-less flows) stored for cluster in [lo_ns, hi_ns]."""
+        found: set[str | int] = set()
+        hour = 3_600_000_000_000
         for part in _hour_dirs(self.root / FLOWS / f"cluster={cluster}"):
-            if _dir_hour_ns(part) < cutoff_hour:
+            start = _dir_hour_ns(part)
+            if start + hour <= lo_ns or (hi_ns is not None and start > hi_ns):
                 continue
             for path in part.glob("*.parquet"):
-                t = pq.read_table(path, columns=["time", "uuid", "_fp"])
-                t = t.filter(pc.greater_equal(t.column("time"), pa.scalar(since_ns, t.schema.field("time").type)))
-                has_uuid = pc.not_equal(t.column("uuid"), "")
-                uuids.update(t.filter(has_uuid).column("uuid").to_pylist())
-                fps.update(t.filter(pc.invert(has_uuid)).column("_fp").to_pylist())
-        return uuids, fps
+                try:
+                    t = pq.read_table(path, columns=["time", "uuid", "_uuid", "_fp"])
+                except (OSError, pa.ArrowException) as exc:
+                    raise StoreError(f"store {self.root}: cannot read {path}: {exc}") from exc
+                ttype = t.schema.field("time").type
+                cond = pc.greater_equal(t.column("time"), pa.scalar(lo_ns, ttype))
+                if hi_ns is not None:
+                    cond = pc.and_(cond, pc.less_equal(t.column("time"), pa.scalar(hi_ns, ttype)))
+                t = t.filter(cond)
+                if t.num_rows:
+                    found.update(dedup.keys(schema.from_storage(t)))
+        return found
 
 
 def _hour_dirs(cluster_dir: Path) -> list[Path]:
