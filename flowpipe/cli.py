@@ -106,6 +106,113 @@ def columns(view: str) -> None:
         click.echo(f"{name:<{width}}  {doc}")
 
 
+# ---- collect / compact
+
+
+def setup_logging(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.option("--relay", "relays", multiple=True, metavar="CLUSTER=HOST:PORT", help="A Hubble Relay and the cluster it serves (repeatable).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file with relays and settings.")
+@store_option
+@click.option("--plaintext", is_flag=True, help="Connect to --relay addresses without TLS (e.g. after `cilium hubble port-forward`).")
+@click.option("--tls-ca-cert-files", "ca_files", multiple=True, help="CA certificate(s) to verify the relay (default: system roots).")
+@click.option("--tls-client-cert-file", "cert_file", help="Client certificate for mTLS.")
+@click.option("--tls-client-key-file", "key_file", help="Client key for mTLS.")
+@click.option("--tls-server-name", "server_name", help="Name expected in the relay certificate, e.g. ui.hubble-relay.cilium.io.")
+@click.option("--allow", "allow", help="Server-side allowlist: JSON FlowFilter(s) as `hubble observe --print-raw-filters` prints, or a file.")
+@click.option("--deny", "deny", help="Server-side denylist, same forms as --allow.")
+@click.option("--since", help="First start only: how far back to ask Relay (e.g. 1h, 'now'); default: all it holds.")
+@click.option("--flush-interval", help="Commit buffered flows at least this often (default 2s, max 5s).")
+@click.option("--flush-rows", type=int, help="Commit earlier when this many flows are buffered (default 100000).")
+@click.option("--keepalive", help="HTTP/2 ping interval to notice dead connections (default 30s).")
+@click.option("--idle-timeout", help="Re-dial a stream that delivers nothing for this long (default off).")
+@click.option("--backoff-max", help="Longest wait between reconnect attempts (default 30s).")
+@click.option("--resume-overlap", help="On resume, ask Relay for this much before the newest stored flow (default 10s).")
+@click.option("--metrics-listen", metavar="HOST:PORT", help="Serve the collector's Prometheus /metrics here.")
+@click.option("--keep", help="Retention for automatic compaction, e.g. 7d (default: keep all).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines, warnings and errors only.")
+@handle_errors
+def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key_file, server_name, allow, deny,
+            since, flush_interval, flush_rows, keepalive, idle_timeout, backoff_max, resume_overlap, metrics_listen,
+            keep, quiet) -> None:
+    """Stream flows from every cluster's Hubble Relay into the store until Ctrl-C.
+
+    Resumes after errors and restarts from the newest stored flow of each cluster, dropping
+    the duplicates the overlap causes. SIGINT/SIGTERM flush and exit 0.
+
+    Example:
+
+        cilium hubble port-forward &
+        flowpipe collect --store ./store --plaintext --relay cluster1=localhost:4245
+    """
+    from flowpipe import collect as collect_mod
+    from flowpipe import config as cfgmod
+
+    cfg = cfgmod.from_dict(cfgmod.load_file(config_file), config_file) if config_file else cfgmod.CollectConfig()
+    tls = cfgmod.TLSConfig(enabled=not plaintext, ca_files=list(ca_files), cert_file=cert_file, key_file=key_file, server_name=server_name)
+    allow_f = cfgmod.parse_filters(allow, "--allow") if allow else []
+    deny_f = cfgmod.parse_filters(deny, "--deny") if deny else []
+    for text in relays:
+        cluster, address = cfgmod.parse_relay(text)
+        cfg.relays.append(cfgmod.RelayConfig(cluster, address, tls=tls, allow=allow_f, deny=deny_f))
+    for name, value in (("flush_interval", flush_interval), ("keepalive", keepalive), ("idle_timeout", idle_timeout),
+                        ("backoff_max", backoff_max), ("resume_overlap", resume_overlap), ("keep", keep)):
+        if value is not None:
+            setattr(cfg, name, cfgmod.parse_duration(value, f"--{name.replace('_', '-')}"))
+    if flush_rows is not None:
+        cfg.flush_rows = flush_rows
+    cfg.since = since if since is not None else cfg.since
+    cfg.metrics_listen = metrics_listen or cfg.metrics_listen
+    cfg.quiet = quiet or cfg.quiet
+    cfg.store = store_path or cfg.store
+    cfgmod.validate(cfg)
+    setup_logging(cfg.quiet)
+    store = open_store(cfg.store, create=True)
+    collector = collect_mod.Collector(cfg, store)
+    if cfg.metrics_listen:
+        from flowpipe import metrics
+
+        metrics.serve(collector.registry, cfg.metrics_listen)
+    unstored = collector.run()
+    if unstored:
+        _fail(f"{unstored} flows could not be stored (see the errors above)", EXIT_FAILED)
+
+
+@main.command()
+@store_option
+@click.option("--keep", help="Remove hour partitions older than this, e.g. 7d.")
+@click.option("--grace", default="2m", show_default=True, help="Leave hours that ended less than this ago.")
+@handle_errors
+def compact(store_path: str | None, keep: str | None, grace: str) -> None:
+    """Merge the small files of closed hours into large ones, and apply retention.
+
+    Safe while collect writes and queries run: files are swapped atomically.
+
+    Example:
+
+        flowpipe compact --store ./store --keep 7d
+    """
+    from flowpipe import compact as compact_mod
+    from flowpipe.config import parse_duration
+
+    store = open_store(store_path)
+    report = compact_mod.compact(
+        store,
+        keep=parse_duration(keep, "--keep") if keep else None,
+        grace_s=parse_duration(grace, "--grace"),
+    )
+    click.echo(report.summary())
+
+
 # ---- import
 
 

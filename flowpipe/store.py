@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -137,7 +137,7 @@ class Store:
         return sorted(names)
 
     def partition_dir(self, kind: str, cluster: str, hour_start_ns: int) -> Path:
-        dt = datetime.fromtimestamp(hour_start_ns / 1e9, tz=timezone.utc)
+        dt = datetime.fromtimestamp(hour_start_ns / 1e9, tz=UTC)
         return self.root / kind / f"cluster={cluster}" / f"date={dt:%Y-%m-%d}" / f"hour={dt:%H}"
 
     # -------------------------------------------------------------- locking
@@ -294,7 +294,7 @@ def _hour_dirs(cluster_dir: Path) -> list[Path]:
 def _dir_hour_ns(part: Path) -> int:
     date = part.parent.name.split("=", 1)[1]
     hour = int(part.name.split("=", 1)[1])
-    dt = datetime.strptime(date, "%Y-%m-%d").replace(hour=hour, tzinfo=timezone.utc)
+    dt = datetime.strptime(date, "%Y-%m-%d").replace(hour=hour, tzinfo=UTC)
     return int(dt.timestamp()) * 1_000_000_000
 
 
