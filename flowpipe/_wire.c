@@ -207,7 +207,7 @@ static Builder *build_struct(const Spec *s, int type, int depth) {
 
 /* Row generation: a builder saves its state the first time a row changes it, so a row
  * that turns out unrepresentable can be undone without visiting every builder per row. */
-static uint64_t g_gen = 1;
+static __thread uint64_t g_gen = 1; /* per thread: decodes run without the GIL */
 
 static inline void touch(Builder *b) {
     if (b->s_gen == g_gen) return;
@@ -784,34 +784,49 @@ static PyObject *w_decode(PyObject *self, PyObject *args) {
     memset(&cx, 0, sizeof(cx));
     cx.spec = spec;
     cx.lenient = lenient;
-    PyObject *fallback = PyList_New(0);
     Buf fps = {0};
     int err = 0;
-    if (!fallback) err = 1;
+    const char **ptrs = (const char **)malloc(sizeof(char *) * (nrows ? nrows : 1));
+    Py_ssize_t *lens = (Py_ssize_t *)malloc(sizeof(Py_ssize_t) * (nrows ? nrows : 1));
+    Py_ssize_t *bad = (Py_ssize_t *)malloc(sizeof(Py_ssize_t) * (nrows ? nrows : 1));
+    Py_ssize_t nbad = 0;
+    if (!ptrs || !lens || !bad) err = 2;
     for (Py_ssize_t i = 0; i < nrows && !err; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         char *p;
-        Py_ssize_t n;
-        if (PyBytes_AsStringAndSize(item, &p, &n) < 0) { err = 1; break; }
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(seq, i), &p, &lens[i]) < 0) err = 1;
+        ptrs[i] = p;
+    }
+    /* The walk touches only C memory and the (immutable, referenced) bytes objects, so other
+     * threads (the gRPC receivers) run meanwhile. */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nrows && !err; i++) {
         g_gen++;
         /* the fingerprint covers only the fp_field subtree (the flow), in spec order, so it
          * does not depend on response metadata or on the order fields came in */
         Fp fp = {0x6a09e667f3bcc908ULL, 0};
-        int rc = decode_struct(&cx, root, spec->root, (const uint8_t *)p, (size_t)n, 0, &fp);
+        int rc = decode_struct(&cx, root, spec->root, (const uint8_t *)ptrs[i], (size_t)lens[i], 0, &fp);
         if (rc == 0) {
             if (buf_reserve(&fps, 8)) { err = 2; break; }
             memcpy(fps.p + fps.len, &fp.h, 8);
             fps.len += 8;
-        }
-        if (rc == FAIL) {
+        } else if (rc == FAIL) {
             rollback(root);
-            PyObject *ix = PyLong_FromSsize_t(i);
-            if (!ix || PyList_Append(fallback, ix)) { Py_XDECREF(ix); err = 1; break; }
-            Py_DECREF(ix);
-        } else if (rc == OOM) {
+            bad[nbad++] = i;
+        } else {
             err = 2;
         }
     }
+    Py_END_ALLOW_THREADS
+    PyObject *fallback = err ? NULL : PyList_New(nbad);
+    if (!err && !fallback) err = 1;
+    for (Py_ssize_t k = 0; k < nbad && !err; k++) {
+        PyObject *ix = PyLong_FromSsize_t(bad[k]);
+        if (!ix) { err = 1; break; }
+        PyList_SET_ITEM(fallback, k, ix);
+    }
+    free(ptrs);
+    free(lens);
+    free(bad);
     for (int d = 0; d < MAX_DEPTH + 2; d++) {
         free(cx.scratch[d].occ);
         free(cx.scratch[d].order);
