@@ -16,16 +16,19 @@ VIEWS_VERSION = "1"
 
 # Rule helpers, one definition each, used by rules, `flowpipe query` and the .duckdb file.
 MACROS = {
-    # 'app=frontend' matches 'k8s:app=frontend' (any label source); 'k8s:app=frontend' matches exactly
+    # 'app=frontend' (or 'any:app=frontend') matches 'k8s:app=frontend'; 'k8s:app=frontend' matches exactly
     "has_label": (
         "(labels, sel)",
         "len(list_filter(labels, lambda l: l = sel OR (strpos(l, ':') > 0 "
-        "AND substr(l, strpos(l, ':') + 1) = sel))) > 0",
+        "AND substr(l, strpos(l, ':') + 1) = "
+        "(CASE WHEN starts_with(sel, 'any:') THEN substr(sel, 5) ELSE sel END)))) > 0",
     ),
     "allowed_by": ("(policies, name)", "list_contains(policies, name)"),
     "denied_by": ("(policies, name)", "list_contains(policies, name)"),
     "http_status_class": ("(code)", "CASE WHEN code IS NULL THEN NULL ELSE (code // 100) || 'xx' END"),
     "is_world": ("(labels)", "list_contains(labels, 'reserved:world')"),
+    # every flag in wanted is set, like `hubble observe --tcp-flags SYN,ACK`
+    "has_tcp_flags": ("(flags, wanted)", "list_has_all(flags, wanted)"),
 }
 
 CONVENIENCE_VIEWS = {
@@ -42,20 +45,26 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _reader(store: Store, kind: str) -> str:
+def _reader(store: Store, kind: str, files: list[str] | None = None) -> str:
+    # files: an explicit list (check's cluster and time window) instead of the store-wide glob
+    source = _quote(store.glob(kind)) if files is None else "[" + ", ".join(map(_quote, files)) + "]"
     return (
-        f"read_parquet({_quote(store.glob(kind))}, hive_partitioning = true, union_by_name = true, "
+        f"read_parquet({source}, hive_partitioning = true, union_by_name = true, "
         "hive_types = {'cluster': VARCHAR, 'date': DATE, 'hour': INTEGER})"
     )
 
 
-def view_sql(store: Store) -> list[str]:
-    """Every statement that defines the views and macros, in order."""
+def view_sql(
+    store: Store, *, files: dict[str, list[str]] | None = None, where: str | None = None
+) -> list[str]:
+    """Every statement that defines the views and macros, in order (files/where narrow the rows)."""
     flat = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in schema.flat_columns())
     events = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in schema.event_columns())
+    files = files or {}
+    cond = f" WHERE {where}" if where else ""  # on stored columns (cluster, date, hour, time)
     stmts = [
-        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {_reader(store, FLOWS)}",
-        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {_reader(store, EVENTS)}",
+        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {_reader(store, FLOWS, files.get(FLOWS))}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {_reader(store, EVENTS, files.get(EVENTS))}{cond}",
         f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]

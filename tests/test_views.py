@@ -1,0 +1,59 @@
+"""The views every command shares: friendly columns, macros, the .duckdb file."""
+
+from __future__ import annotations
+
+import duckdb
+from conftest import capture_files
+
+from flowpipe import importer, query, schema, views
+
+
+def test_views_work_on_empty_store(store):
+    _, rows = query.fetch(store, "SELECT count(*) FROM flows")
+    assert rows == [(0,)]
+    _, rows = query.fetch(store, "SELECT count(*) FROM events")
+    assert rows == [(0,)]
+
+
+def test_every_documented_column_exists(store):
+    names, _ = query.fetch(store, "SELECT * FROM flows LIMIT 0")
+    assert names == [n for n, _, _ in schema.flat_columns()]
+
+
+def test_friendly_columns_on_real_captures(store):
+    importer.import_files(store, [str(p) for p in capture_files()], cluster="lab")
+    _, rows = query.fetch(
+        store,
+        "SELECT verdict, event, policy_match, traffic_direction, count(*) FROM policy_verdicts GROUP BY ALL",
+    )
+    assert rows and all(r[0] == "REDIRECTED" and r[1] == "policy-verdict" for r in rows)
+    _, rows = query.fetch(
+        store,
+        "SELECT dns_query, l7_type, src_port, dst_port FROM l7_dns WHERE l7_type = 'REQUEST' LIMIT 1",
+    )
+    assert rows[0][0].endswith(".") and rows[0][3] == 53
+    _, rows = query.fetch(store, "SELECT http_method, http_path, http_code FROM l7_http WHERE http_code IS NOT NULL LIMIT 1")
+    assert rows[0][0] in ("GET", "POST") and rows[0][1].startswith("/") and 100 <= rows[0][2] < 600
+    _, rows = query.fetch(store, "SELECT tcp_flags FROM flows WHERE 'SYN' = ANY(tcp_flags) LIMIT 1")
+    assert "SYN" in rows[0][0]
+
+
+def test_macros():
+    con = duckdb.connect()
+    for name, (args, body) in views.MACROS.items():
+        con.execute(f"CREATE MACRO {name}{args} AS {body}")
+    labels = "['k8s:app=frontend', 'k8s:io.kubernetes.pod.namespace=shop', 'reserved:host']"
+    q = lambda sel: con.execute(f"SELECT has_label({labels}, '{sel}')").fetchone()[0]  # noqa: E731
+    assert q("app=frontend") and q("k8s:app=frontend") and q("io.kubernetes.pod.namespace=shop")
+    assert q("reserved:host") and not q("app=backend") and not q("namespace=shop") and q("any:app=frontend")
+    assert con.execute("SELECT allowed_by(['allow-dns'], 'allow-dns'), http_status_class(403)").fetchone() == (True, "4xx")
+
+
+def test_database_file_opens_in_duckdb(store):
+    importer.import_files(store, [str(capture_files()[0])], cluster="c1")
+    path = views.write_database(store)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM flows").fetchone()[0] == 10
+    con.close()
+    # nothing keeps it open: it can be replaced while a reader had it open before
+    views.write_database(store)
