@@ -14,7 +14,7 @@ PACKAGES = ("flow", "relay", "peer", "observer")
 
 # protoc emits absolute imports (`from flow import flow_pb2`) that only work with proto/ on
 # sys.path; rewriting them to package imports keeps the generated code inside flowpipe.api.
-_IMPORT_RE = re.compile(r"^from (%s)([. ])" % "|".join(PACKAGES), re.MULTILINE)
+_IMPORT_RE = re.compile(r"^from (" + "|".join(PACKAGES) + r")([. ])", re.MULTILINE)
 
 HEADER = "# Generated from proto/ by `make protos` (flowpipe.protogen). Do not edit.\n"
 
