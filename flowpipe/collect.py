@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry
 
-from flowpipe import schema
+from flowpipe import schema, views
 from flowpipe.config import CollectConfig, RelayConfig, parse_duration
 from flowpipe.dedup import Deduper
 from flowpipe.errors import FlowpipeError, StoreError
@@ -74,6 +74,7 @@ class Collector:
 
     def _prepare(self) -> None:
         self.store.ensure()
+        views.write_database(self.store)
         if n := self.store.clean_incoming():
             log.info("removed %d temporary files left by an interrupted writer", n)
         window = int(max(60.0, 3 * self.cfg.resume_overlap) * 1e9)

@@ -13,7 +13,7 @@ from typing import IO
 import pyarrow.compute as pc
 from google.protobuf import json_format
 
-from flowpipe import schema
+from flowpipe import schema, views
 from flowpipe.api.observer import observer_pb2
 from flowpipe.dedup import Deduper
 from flowpipe.errors import InputError
@@ -167,6 +167,8 @@ def import_files(
             raise InputError(f"{report.errors[0]} (--strict: nothing imported, {len(report.errors)} error(s))")
         for s in staged:
             store.publish(s)
+        if report.flows or report.events:
+            views.write_database(store)
     except BaseException:
         for s in staged:
             store.discard(s)
