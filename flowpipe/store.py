@@ -312,17 +312,10 @@ def _max_time(path: Path) -> int | None:
         stats = meta.row_group(rg).column(col).statistics
         if stats is None or not stats.has_min_max:
             continue
-        value = stats.max
-        ns = value.value if hasattr(value, "value") else _to_ns(value)
+        ns = stats.max_raw  # physical int64 nanoseconds (the logical value would be a datetime)
         if newest is None or ns > newest:
             newest = ns
     return newest
-
-
-def _to_ns(value) -> int:
-    if isinstance(value, datetime):
-        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
-    return int(value)
 
 
 def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
