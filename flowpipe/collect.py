@@ -51,6 +51,9 @@ class ClusterState:
     thread: threading.Thread | None = None
     fatal: str | None = None
     sync_requested: bool = False
+    last_error: str = ""
+    last_error_logged: float = 0.0
+    error_repeats: int = 0
 
     @property
     def buffered(self) -> int:
@@ -134,7 +137,14 @@ class Collector:
         elif kind == "error":
             code, _, text = detail.partition("|")
             m.stream_errors.labels(cluster, code).inc()
-            log.warning("[%s] relay %s: %s: %s; retrying", cluster, st.relay.address, code, text)
+            # a relay that is down fails every attempt: say so at once, then once a minute
+            now = time.monotonic()
+            if detail != st.last_error or now - st.last_error_logged >= 60:
+                repeated = f" (x{st.error_repeats + 1} since last logged)" if detail == st.last_error else ""
+                log.warning("[%s] relay %s: %s: %s; retrying%s", cluster, st.relay.address, code, text, repeated)
+                st.last_error, st.last_error_logged, st.error_repeats = detail, now, 0
+            else:
+                st.error_repeats += 1
 
     def _run_stream(self, st: ClusterState) -> None:
         try:

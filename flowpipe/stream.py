@@ -45,6 +45,8 @@ _TLS_HINTS = (
     "wrong_version_number",
     "peer name",
     "alpn",
+    "verification",
+    "hostname",
 )
 
 
