@@ -256,5 +256,304 @@ def import_cmd(files: tuple[str, ...], store_path: str | None, cluster: str | No
         sys.exit(EXIT_FAILED)
 
 
+# ---- check / rules
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@store_option
+@click.option("--since", help="Start of the window: a duration before now (15m, 2h, 7d) or RFC3339. Default: all.")
+@click.option("--until", help="End of the window, same forms as --since. Default: now.")
+@click.option("--cluster", "clusters", multiple=True, help="Cluster to check (repeatable). Default: every cluster in the store.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "junit"]), default="text", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write the report to this file instead of stdout.")
+@click.option("--rule-timeout", type=float, default=30.0, show_default=True, help="Seconds one rule may run on one cluster.")
+@click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit for rule queries.")
+@click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Offending flows shown per failing rule and cluster.")
+@handle_errors
+def check(files, store_path, since, until, clusters, fmt, output, rule_timeout, memory_limit, samples) -> None:
+    """Check that the stored flows are the flows a policy stage must produce.
+
+    FILE is a rule file, a directory of them, or the name of a shipped stage file
+    (stage1 ... stage5; `flowpipe rules` lists them). Every rule runs on every cluster, so
+    a cluster without flows in the window fails the rules that need evidence.
+    Exit 0: all rules pass (warnings allowed); 1: a rule failed; 2: the check could not run.
+
+    Example:
+
+    \b
+        flowpipe check stage5.sql --store ./store --since 15m
+        flowpipe check ./my-rules/ --cluster cluster1 --format junit -o check.xml
+    """
+    from flowpipe import check as check_mod
+    from flowpipe import report
+
+    store = open_store(store_path)
+    result = check_mod.run_check(
+        store, list(files), since=since, until=until, clusters=clusters or None,
+        rule_timeout=rule_timeout, memory_limit=memory_limit, samples=samples,
+    )
+    text = report.render(result, fmt)
+    code = report.exit_code(result)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}")
+        counts = {s: sum(r.status == s for r in result.results) for s in ("pass", "warn", "fail", "error")}
+        click.echo(f"flowpipe check: {counts} -> {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    sys.exit(code)
+
+
+@main.command("rules")
+@click.argument("files", nargs=-1)
+@handle_errors
+def rules_cmd(files: tuple[str, ...]) -> None:
+    """List rule files and their rules (default: the stage files shipped with flowpipe).
+
+    Example:
+
+    \b
+        flowpipe rules
+        flowpipe rules ./my-rules/extra.sql
+    """
+    from flowpipe import rules as rules_mod
+
+    if files:
+        parsed = rules_mod.load(list(files))
+    else:
+        parsed = [rules_mod.parse_file(p, display=p.name) for p in rules_mod.shipped_files()]
+    width = max((len(r.name) for rf in parsed for r in rf.rules), default=0)
+    for rf in parsed:
+        click.echo(f"{rf.path}  (stage {rf.stage}){': ' + rf.title if rf.title else ''}")
+        for r in rf.rules:
+            expect = f"at_least {r.min_flows}" if r.expect == "at_least" else r.expect
+            click.echo(f"  {r.name:<{width}}  {r.severity:<5}  {expect:<10}  {r.why}")
+
+
+# ---- serve / replay
+
+
+def _server_tls(plaintext: bool, cert: str | None, key: str | None, client_ca: str | None):
+    from flowpipe.server import ServerTLS
+
+    if plaintext:
+        if cert or key or client_ca:
+            _fail("--plaintext cannot be combined with --tls-server-cert-file/--tls-server-key-file/--tls-client-ca-file")
+        return None
+    if not (cert and key):
+        _fail("give --tls-server-cert-file and --tls-server-key-file, or --plaintext to serve without TLS")
+    return ServerTLS(cert, key, client_ca)
+
+
+def _on_sigterm() -> None:
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(0)  # run the cleanup (temporary store) instead of dying mid-way
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def server_options(fn):
+    """--listen and the TLS options shared by serve and replay."""
+    opts = [
+        click.option("--listen", default="127.0.0.1:4245", show_default=True, metavar="HOST:PORT",
+                     help="Address to serve the Hubble Observer API on."),
+        click.option("--plaintext", is_flag=True, help="Serve without TLS (hubble observe without --tls)."),
+        click.option("--tls-server-cert-file", "tls_cert", metavar="FILE", help="Server certificate (PEM)."),
+        click.option("--tls-server-key-file", "tls_key", metavar="FILE", help="Server private key (PEM)."),
+        click.option("--tls-client-ca-file", "tls_client_ca", metavar="FILE",
+                     help="Require client certificates signed by this CA (mTLS)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@store_option
+@server_options
+@handle_errors
+def serve(store_path, listen, plaintext, tls_cert, tls_key, tls_client_ca) -> None:
+    """Serve the store's flows over the Hubble Observer API, for `hubble observe`.
+
+    Answers GetFlows like Hubble Relay (--last/--first/--since/--until/--follow and every
+    filter flag) over all stored history and clusters; --follow streams newly collected flows.
+    TLS is required unless --plaintext is given.
+
+    Example:
+
+    \b
+        flowpipe serve --store ./store --listen 127.0.0.1:4245 --plaintext
+        hubble observe --server localhost:4245 --since 2h --cluster cluster1 --verdict DROPPED
+    """
+    from flowpipe import server as srv
+
+    tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
+    store = open_store(store_path)
+    _on_sigterm()
+    srv.serve(store, listen, tls=tls, on_ready=lambda port: click.echo(f"flowpipe serve: listening on port {port}", err=True))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@server_options
+@click.option("--cluster", help="Cluster of every flow (default: node_name prefix 'cluster/node', else 'default').")
+@click.option("--follow", is_flag=True, help="Every GetFlows gets all recorded flows, then stays open for new ones.")
+@click.option("--rate", type=float, default=0.0, metavar="N", help="Also play recorded flows at ~N flows/s, with new uuids and times.")
+@click.option("--abort-after", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Fault: end each GetFlows with UNAVAILABLE after N responses.")
+@click.option("--lost-events-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Fault: send a LostEvent (OBSERVER_EVENTS_QUEUE) after every N flows.")
+@handle_errors
+def replay(files, listen, plaintext, tls_cert, tls_key, tls_client_ca, cluster, follow, rate, abort_after,
+           lost_events_every) -> None:
+    """Play `hubble observe -o jsonpb` files back as a fake Hubble Relay (serve over a temporary store).
+
+    Example:
+
+    \b
+        flowpipe replay capture.jsonl.gz --listen 127.0.0.1:4245 --plaintext --follow --rate 500
+        hubble observe --server localhost:4245 --follow
+    """
+    from flowpipe import replay as rp
+
+    tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
+    _on_sigterm()
+    rp.replay(list(files), listen, tls=tls, cluster=cluster, follow=follow, rate=rate, abort_after=abort_after,
+              lost_events_every=lost_events_every,
+              on_ready=lambda rs: click.echo(f"flowpipe replay: {rs.imported} flows on {rs.address}", err=True))
+
+
+# ---- lab
+
+
+@main.group()
+def lab() -> None:
+    """Simulated Hubble flows of the zero-trust lab guide (two GKE clusters, five stages).
+
+    Example:
+
+        flowpipe lab list
+    """
+
+
+@lab.command("generate")
+@click.option("--stage", type=click.IntRange(1, 5), required=True, help="Guide stage, 1 to 5.")
+@click.option("--variant", help="A broken stage 5 (see `flowpipe lab list`).")
+@click.option("--broken-cluster", "broken", multiple=True, metavar="CLUSTER",
+              help="Apply --variant to this cluster only (repeatable; default: every cluster).")
+@click.option("--seed", type=int, help="Reproducible ports, timings and uuids.")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Directory for <cluster>.jsonl files.")
+@handle_errors
+def lab_generate(stage: int, variant: str | None, broken: tuple[str, ...], seed: int | None, out_dir: str) -> None:
+    """Write each cluster's flows of a stage as `hubble observe -o jsonpb` lines (DIR/<cluster>.jsonl).
+
+    Example:
+
+    \b
+        flowpipe lab generate --stage 5 --variant allow-all-left --broken-cluster cluster2 --out ./lab5
+        flowpipe import --store ./store ./lab5/cluster1.jsonl ./lab5/cluster2.jsonl
+    """
+    from flowpipe import lab as lab_sim
+
+    written = lab_sim.write_lab(out_dir, stage, variant=variant, broken_clusters=broken or None, seed=seed)
+    for cluster, (path, count) in written.items():
+        click.echo(f"{path}: {count} flows ({cluster})", err=True)
+
+
+@lab.command("list")
+@handle_errors
+def lab_list() -> None:
+    """List the guide's stages and the broken stage-5 variants.
+
+    Example:
+
+        flowpipe lab list
+    """
+    from flowpipe import lab as lab_sim
+
+    for line in lab_sim.catalog():
+        click.echo(line)
+
+
+# ---- export / demo
+
+
+@main.command()
+@click.option("--rules", "rule_files", multiple=True, required=True, metavar="PATH",
+              help="Rule file, directory of them, or shipped stage name (repeatable).")
+@store_option
+@click.option("--listen", default="0.0.0.0:9965", show_default=True, metavar="HOST:PORT", help="Serve /metrics and /healthz here.")
+@click.option("--interval", default="30s", show_default=True, help="Evaluate the rules and count new flows this often.")
+@click.option("--window", default="5m", show_default=True, help="Rules look at the flows of this last stretch of time.")
+@click.option("--rule-timeout", type=float, default=30.0, show_default=True, help="Seconds one rule may run on one cluster.")
+@click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit for rules and counting.")
+@click.option("--collect-config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also run `flowpipe collect` with this config in this process; its metrics join /metrics.")
+@click.option("--quiet", "-q", is_flag=True, help="Warnings and errors only.")
+@handle_errors
+def export(rule_files, store_path, listen, interval, window, rule_timeout, memory_limit, collect_config, quiet) -> None:
+    """Serve rule conformance, store health and flow counters as Prometheus metrics.
+
+    Rules are evaluated in the background every --interval over the last --window; a scrape
+    returns the last results at once. /healthz answers 503 when the last good evaluation is
+    older than three intervals. Flow counters never go backwards (state in <store>/.export-state.json).
+
+    Example:
+
+    \b
+        flowpipe export --rules queries/ --store ./store --listen 0.0.0.0:9965 --interval 30s --window 5m
+        curl -s localhost:9965/metrics | grep flowpipe_stage_conformant
+    """
+    from flowpipe import export as export_mod
+    from flowpipe.config import parse_duration
+
+    setup_logging(quiet)
+    store = open_store(store_path, create=bool(collect_config))
+    export_mod.run(
+        store, list(rule_files), listen=listen, interval=parse_duration(interval, "--interval"),
+        window=parse_duration(window, "--window"), rule_timeout=rule_timeout, memory_limit=memory_limit,
+        collect_config=collect_config, on_ready=lambda text: click.echo(f"flowpipe export: {text}", err=True),
+    )
+
+
+@main.command()
+@click.option("--dir", "work_dir", default="demo-store", show_default=True, metavar="DIR", help="Where the demo keeps its store, lab files, logs and Prometheus data.")
+@click.option("--stage", type=click.IntRange(1, 5), default=5, show_default=True, help="The stage the simulated clusters are at now.")
+@click.option("--variant", help="Break the live stage 5 (see `flowpipe lab list`), e.g. allow-all-left.")
+@click.option("--broken-cluster", "broken", multiple=True, metavar="CLUSTER", help="Apply --variant to this cluster only.")
+@click.option("--rate", type=float, default=20.0, show_default=True, help="Live flows per second per simulated relay.")
+@click.option("--duration", help="Stop after this long (e.g. 60s); default: until Ctrl-C.")
+@click.option("--prometheus", "prometheus_bin", default="prometheus", show_default=True, metavar="PATH",
+              help="Prometheus binary (skipped when not found).")
+@handle_errors
+def demo(work_dir, stage, variant, broken, rate, duration, prometheus_bin) -> None:
+    """The whole pipeline on this machine, no cluster: lab -> relays -> collect -> check -> export -> Prometheus.
+
+    Two simulated Hubble Relays (cluster1, cluster2) play the lab guide's flows; collect stores
+    them; every stage is checked; the exporter serves conformance and flow metrics, scraped by a
+    local Prometheus. Ctrl-C stops every process it started.
+
+    Example:
+
+    \b
+        flowpipe demo
+        flowpipe demo --variant allow-all-left --broken-cluster cluster2 --duration 120s
+    """
+    from flowpipe import demo as demo_mod
+    from flowpipe.config import parse_duration
+
+    demo_mod.run(
+        work_dir, stage=stage, variant=variant, broken_clusters=list(broken) or None, rate=rate,
+        duration=parse_duration(duration, "--duration") if duration else None,
+        prometheus=prometheus_bin, say=lambda text: click.echo(text),
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

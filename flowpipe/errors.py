@@ -19,3 +19,11 @@ class ConfigError(FlowpipeError):
 
 class InputError(FlowpipeError):
     """Malformed input data (names the file and line)."""
+
+
+class RuleError(FlowpipeError):
+    """A rule file that cannot be used: bad format or refused SQL (names file:line and rule)."""
+
+
+class FilterError(FlowpipeError):
+    """A FlowFilter flowpipe cannot honour exactly (bad pattern, unsupported field)."""

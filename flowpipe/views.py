@@ -29,6 +29,11 @@ MACROS = {
     "is_world": ("(labels)", "list_contains(labels, 'reserved:world')"),
     # every flag in wanted is set, like `hubble observe --tcp-flags SYN,ACK`
     "has_tcp_flags": ("(flags, wanted)", "list_has_all(flags, wanted)"),
+    # a flow between a pod labelled a and one labelled b, either way round (requests and replies)
+    "connects": (
+        "(src, dst, a, b)",
+        "(has_label(src, a) AND has_label(dst, b)) OR (has_label(src, b) AND has_label(dst, a))",
+    ),
 }
 
 CONVENIENCE_VIEWS = {
@@ -65,11 +70,18 @@ def view_sql(
     stmts = [
         f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {_reader(store, FLOWS, files.get(FLOWS))}{cond}",
         f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {_reader(store, EVENTS, files.get(EVENTS))}{cond}",
+        # the same rows plus the file each came from: serve follows newly committed files
+        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT *, filename FROM {_reader(store, FLOWS, files.get(FLOWS))}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT *, filename FROM {_reader(store, EVENTS, files.get(EVENTS))}{cond}",
         f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]
     stmts += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in CONVENIENCE_VIEWS.items()]
     stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in MACROS.items()]
+    # FlowFilter helpers (fp_*): what `flowpipe serve` filters compile to
+    from flowpipe.filters import MACROS as FILTER_MACROS
+
+    stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in FILTER_MACROS.items()]
     return stmts
 
 

@@ -1,0 +1,139 @@
+"""Helpers shared by the benchmarks: templates, the Node peer, free ports, RSS, results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PEER = BENCH / "peer"
+RESULTS = BENCH / ".results"
+TEMPLATES = 20_000  # distinct flow templates the peer cycles through (uuid and time differ)
+
+sys.path.insert(0, str(BENCH))
+import mix  # noqa: E402
+
+
+def templates(n: int = TEMPLATES, seed: int = 1, observed_by: str | None = None) -> Path:
+    """A cached template file for the peer (rebuilt when mix.py changes)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"templates-{n}-{seed}-{observed_by or 'all'}.bin"
+    if not path.exists() or path.stat().st_mtime < Path(mix.__file__).stat().st_mtime:
+        tmp = path.with_suffix(".tmp")
+        mix.write_templates(tmp, n, seed=seed, observed_by=[observed_by] if observed_by else None)
+        os.replace(tmp, path)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_peer_installed() -> None:
+    """Exit with a hint when node or the peer's node_modules are missing."""
+    if not shutil.which("node"):
+        sys.exit("bench: node (Node.js >= 18) is not installed")
+    if not (PEER / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        sys.exit("bench: run `make bench-deps` first (npm ci in bench/peer)")
+
+
+class Peer:
+    """The Node.js fake Relay (bench/peer/server.js) as a child process."""
+
+    def __init__(self, template_file: Path, flows: int, *, rate: float = 0, end: bool = False,
+                 instance: str | None = None, sim_rate: int = mix.RATE, start_ns: int | None = None):
+        check_peer_installed()
+        cmd = ["node", str(PEER / "server.js"), "--templates", str(template_file), "--flows", str(flows),
+               "--port", "0", "--sim-rate", str(sim_rate)]
+        if rate:
+            cmd += ["--rate", str(rate)]
+        if end:
+            cmd.append("--end")
+        if instance:
+            cmd += ["--instance", instance]
+        if start_ns is not None:
+            cmd += ["--start-ns", str(start_ns)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            err = self.proc.stderr.read()
+            raise RuntimeError(f"peer did not start: {line.strip()} {err.strip()}")
+        self.port = int(line.split()[1])
+        self.address = f"127.0.0.1:{self.port}"
+        self.stderr_lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.rstrip())
+
+    def send_rate(self) -> float | None:
+        """The msgs/s the peer reported (after it sent everything or was stopped)."""
+        for line in reversed(self.stderr_lines):
+            if "msgs/s" in line:
+                return float(line.rsplit("=", 1)[1].split()[0])
+        return None
+
+    def stop(self) -> None:
+        """SIGTERM the peer and wait for its report."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of pid in bytes (empty when it is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used by pid so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def save_result(name: str, figures: dict) -> None:
+    """Write a benchmark's figures to bench/.results/<name>.json for bench/run.py."""
+    RESULTS.mkdir(exist_ok=True)
+    figures = {"benchmark": name, "at": time.strftime("%Y-%m-%d %H:%M:%S"), **figures}
+    (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
