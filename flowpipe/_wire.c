@@ -847,6 +847,254 @@ static PyObject *w_decode(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ---------------------------------------------------------------- encoding
+ *
+ * encode(spec, type, arrow_array_capsule) -> list[bytes]: the inverse of decode for one
+ * message type, reading an Arrow struct array (Arrow C data interface) whose children follow
+ * the spec's field order.  Output follows proto3 rules (defaults omitted, repeated scalars
+ * packed), so parsing it gives a message equal to the one that was decoded.
+ */
+
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+
+typedef struct {
+    Buf stack[MAX_DEPTH + 2];
+} Enc;
+
+static inline int a_valid(const struct ArrowArray *a, int64_t i) {
+    const uint8_t *v = (const uint8_t *)a->buffers[0];
+    if (!v || a->null_count == 0) return 1;
+    int64_t k = a->offset + i;
+    return (v[k >> 3] >> (k & 7)) & 1;
+}
+
+static int put_varint(Buf *b, uint64_t v) {
+    if (buf_reserve(b, 10)) return -1;
+    while (v >= 0x80) {
+        b->p[b->len++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    b->p[b->len++] = (uint8_t)v;
+    return 0;
+}
+
+static int put_tag(Buf *b, uint32_t number, int wt) { return put_varint(b, ((uint64_t)number << 3) | (uint64_t)wt); }
+
+static int put_bytes(Buf *b, uint32_t number, const uint8_t *p, size_t n) {
+    if (put_tag(b, number, 2) || put_varint(b, n) || buf_reserve(b, n)) return -1;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+/* Raw (bit-exact) scalar of kind at index i of a leaf array, as the wire carries it. */
+static uint64_t leaf_bits(const struct ArrowArray *a, int kind, int64_t i) {
+    int64_t k = a->offset + i;
+    switch (kind) {
+    case K_BOOL: {
+        const uint8_t *v = (const uint8_t *)a->buffers[1];
+        return (v[k >> 3] >> (k & 7)) & 1;
+    }
+    case K_INT32: case K_ENUM: case K_SINT32: case K_SFIXED32: {
+        int32_t x;
+        memcpy(&x, (const uint8_t *)a->buffers[1] + k * 4, 4);
+        return (uint64_t)(int64_t)x;
+    }
+    case K_UINT32: case K_FIXED32: case K_FLOAT: {
+        uint32_t x;
+        memcpy(&x, (const uint8_t *)a->buffers[1] + k * 4, 4);
+        return x;
+    }
+    default: {
+        uint64_t x;
+        memcpy(&x, (const uint8_t *)a->buffers[1] + k * 8, 8);
+        return x;
+    }
+    }
+}
+
+static void leaf_str(const struct ArrowArray *a, int64_t i, const uint8_t **p, size_t *n) {
+    const int32_t *off = (const int32_t *)a->buffers[1];
+    int64_t k = a->offset + i;
+    *p = (const uint8_t *)a->buffers[2] + off[k];
+    *n = (size_t)(off[k + 1] - off[k]);
+}
+
+static int put_scalar(Buf *b, uint32_t number, int kind, uint64_t v, int packed) {
+    /* packed: value only, no tag */
+    int wt;
+    switch (kind) {
+    case K_FIXED32: case K_SFIXED32: case K_FLOAT: wt = 5; break;
+    case K_FIXED64: case K_SFIXED64: case K_DOUBLE: wt = 1; break;
+    default: wt = 0;
+    }
+    if (!packed && put_tag(b, number, wt)) return -1;
+    if (wt == 5) {
+        uint32_t x = (uint32_t)v;
+        if (buf_reserve(b, 4)) return -1;
+        memcpy(b->p + b->len, &x, 4);
+        b->len += 4;
+        return 0;
+    }
+    if (wt == 1) {
+        if (buf_reserve(b, 8)) return -1;
+        memcpy(b->p + b->len, &v, 8);
+        b->len += 8;
+        return 0;
+    }
+    if (kind == K_SINT32) {
+        int32_t x = (int32_t)v;
+        return put_varint(b, (uint32_t)((x << 1) ^ (x >> 31)));
+    }
+    if (kind == K_SINT64) {
+        int64_t x = (int64_t)v;
+        return put_varint(b, (uint64_t)((x << 1) ^ (x >> 63)));
+    }
+    return put_varint(b, v);
+}
+
+static int enc_struct(Enc *e, const Spec *s, int type, const struct ArrowArray *a, int64_t i, int depth, Buf *out);
+
+/* Append the sub-message built in e->stack[depth+1] to out as field number. */
+static int flush_sub(Enc *e, int depth, uint32_t number, Buf *out) {
+    Buf *sub = &e->stack[depth + 1];
+    int rc = put_bytes(out, number, sub->p ? sub->p : (const uint8_t *)"", sub->len);
+    sub->len = 0;
+    return rc;
+}
+
+static int enc_value(Enc *e, const Spec *s, const Field *fd, const struct ArrowArray *a, int64_t i,
+                     int depth, Buf *out, int singular) {
+    if (fd->kind == K_MESSAGE) {
+        if (depth + 1 > MAX_DEPTH) return -1;
+        e->stack[depth + 1].len = 0;
+        if (enc_struct(e, s, fd->msg_type, a, i, depth + 1, &e->stack[depth + 1])) return -1;
+        return flush_sub(e, depth, fd->number, out);
+    }
+    if (fd->kind == K_TIMESTAMP) {
+        int64_t ns = (int64_t)leaf_bits(a, K_INT64, i);
+        int64_t sec = ns / 1000000000LL, nano = ns % 1000000000LL;
+        if (nano < 0) { nano += 1000000000LL; sec -= 1; }
+        Buf *sub = &e->stack[depth + 1];
+        sub->len = 0;
+        if (sec && put_scalar(sub, 1, K_INT64, (uint64_t)sec, 0)) return -1;
+        if (nano && put_scalar(sub, 2, K_INT32, (uint64_t)nano, 0)) return -1;
+        return flush_sub(e, depth, fd->number, out);
+    }
+    if (fd->kind == K_WRAPPER) {
+        Buf *sub = &e->stack[depth + 1];
+        sub->len = 0;
+        if (fd->inner_kind == K_STRING || fd->inner_kind == K_BYTES) {
+            const uint8_t *p; size_t n;
+            leaf_str(a, i, &p, &n);
+            if (n && put_bytes(sub, 1, p, n)) return -1;
+        } else {
+            uint64_t v = leaf_bits(a, fd->inner_kind, i);
+            if (v && put_scalar(sub, 1, fd->inner_kind, v, 0)) return -1;
+        }
+        return flush_sub(e, depth, fd->number, out);
+    }
+    if (fd->kind == K_STRING || fd->kind == K_BYTES) {
+        const uint8_t *p; size_t n;
+        leaf_str(a, i, &p, &n);
+        if (singular && n == 0) return 0;
+        return put_bytes(out, fd->number, p, n);
+    }
+    uint64_t v = leaf_bits(a, fd->kind, i);
+    if (singular && v == 0) return 0; /* proto3: defaults are not on the wire (bit-exact, so -0.0 stays) */
+    return put_scalar(out, fd->number, fd->kind, v, 0);
+}
+
+static int enc_struct(Enc *e, const Spec *s, int type, const struct ArrowArray *a, int64_t i, int depth, Buf *out) {
+    const MsgType *mt = &s->types[type];
+    if (a->n_children != mt->nfields) return -1;
+    int64_t row = i; /* struct children share the parent's logical index (plus their own offset) */
+    for (int f = 0; f < mt->nfields; f++) {
+        const Field *fd = &mt->fields[f];
+        const struct ArrowArray *c = a->children[f];
+        if (!a_valid(c, row)) continue;
+        if (!fd->repeated) {
+            if (enc_value(e, s, fd, c, row, depth, out, 1)) return -1;
+            continue;
+        }
+        const int32_t *off = (const int32_t *)c->buffers[1];
+        int64_t k = c->offset + row;
+        int32_t lo = off[k], hi = off[k + 1];
+        if (hi <= lo) continue;
+        const struct ArrowArray *vals = c->children[0];
+        int packable = fd->kind != K_MESSAGE && fd->kind != K_TIMESTAMP && fd->kind != K_WRAPPER &&
+                       fd->kind != K_STRING && fd->kind != K_BYTES;
+        if (packable) {
+            Buf *sub = &e->stack[depth + 1];
+            sub->len = 0;
+            for (int32_t j = lo; j < hi; j++)
+                if (put_scalar(sub, fd->number, fd->kind, leaf_bits(vals, fd->kind, j), 1)) return -1;
+            if (flush_sub(e, depth, fd->number, out)) return -1;
+            continue;
+        }
+        for (int32_t j = lo; j < hi; j++)
+            if (enc_value(e, s, fd, vals, j, depth, out, 0)) return -1;
+    }
+    return 0;
+}
+
+static PyObject *w_encode(PyObject *self, PyObject *args) {
+    PyObject *cap, *arr_cap;
+    int type;
+    if (!PyArg_ParseTuple(args, "OiO", &cap, &type, &arr_cap)) return NULL;
+    Spec *spec = (Spec *)PyCapsule_GetPointer(cap, "flowpipe._wire.Spec");
+    if (!spec) return NULL;
+    struct ArrowArray *a = (struct ArrowArray *)PyCapsule_GetPointer(arr_cap, "arrow_array");
+    if (!a) return NULL;
+    if (type < 0 || type >= spec->ntypes) { PyErr_SetString(PyExc_ValueError, "bad type"); return NULL; }
+    if (a->n_children != spec->types[type].nfields) {
+        PyErr_SetString(PyExc_ValueError, "array children do not match the message's fields");
+        return NULL;
+    }
+    PyObject *out = PyList_New(a->length);
+    if (!out) return NULL;
+    Enc e;
+    memset(&e, 0, sizeof(e));
+    Buf row = {0};
+    int err = 0;
+    for (int64_t i = 0; i < a->length && !err; i++) {
+        row.len = 0;
+        PyObject *item;
+        if (!a_valid(a, i)) {
+            Py_INCREF(Py_None);
+            item = Py_None;
+        } else {
+            int rc;
+            Py_BEGIN_ALLOW_THREADS
+            rc = enc_struct(&e, spec, type, a, i, 0, &row);
+            Py_END_ALLOW_THREADS
+            if (rc) { err = 1; break; }
+            item = PyBytes_FromStringAndSize(row.p ? (const char *)row.p : "", (Py_ssize_t)row.len);
+            if (!item) { err = 2; break; }
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    for (int d = 0; d < MAX_DEPTH + 2; d++) free(e.stack[d].p);
+    free(row.p);
+    if (err) {
+        Py_DECREF(out);
+        if (err == 1) PyErr_SetString(PyExc_ValueError, "cannot encode: array layout does not match the spec");
+        return NULL;
+    }
+    return out;
+}
+
 static int hexval(uint8_t c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -903,10 +1151,59 @@ static PyObject *w_pack_uuids(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNn)", packed, valid, count);
 }
 
+/* unpack_uuids(packed16, validity_or_None, n) -> (offsets, data): canonical lowercase strings,
+ * empty where the validity bit is 0. */
+static PyObject *w_unpack_uuids(PyObject *self, PyObject *args) {
+    Py_buffer packed, valid;
+    PyObject *valid_obj;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*On", &packed, &valid_obj, &n)) return NULL;
+    int have_valid = valid_obj != Py_None;
+    if (have_valid && PyObject_GetBuffer(valid_obj, &valid, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&packed); return NULL; }
+    if (packed.len < n * 16 || (have_valid && valid.len < (n + 7) / 8)) {
+        PyBuffer_Release(&packed);
+        if (have_valid) PyBuffer_Release(&valid);
+        PyErr_SetString(PyExc_ValueError, "buffers too short");
+        return NULL;
+    }
+    PyObject *offs = PyBytes_FromStringAndSize(NULL, (n + 1) * 4);
+    PyObject *data = PyBytes_FromStringAndSize(NULL, n * 36);
+    if (!offs || !data) {
+        Py_XDECREF(offs); Py_XDECREF(data);
+        PyBuffer_Release(&packed);
+        if (have_valid) PyBuffer_Release(&valid);
+        return NULL;
+    }
+    int32_t *o = (int32_t *)PyBytes_AS_STRING(offs);
+    char *d = PyBytes_AS_STRING(data);
+    const uint8_t *src = (const uint8_t *)packed.buf;
+    const uint8_t *vb = have_valid ? (const uint8_t *)valid.buf : NULL;
+    static const char hex[] = "0123456789abcdef";
+    int32_t pos = 0;
+    o[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!vb || ((vb[i >> 3] >> (i & 7)) & 1)) {
+            const uint8_t *u = src + i * 16;
+            for (int j = 0; j < 16; j++) {
+                if (j == 4 || j == 6 || j == 8 || j == 10) d[pos++] = '-';
+                d[pos++] = hex[u[j] >> 4];
+                d[pos++] = hex[u[j] & 15];
+            }
+        }
+        o[i + 1] = pos;
+    }
+    PyBuffer_Release(&packed);
+    if (have_valid) PyBuffer_Release(&valid);
+    if (_PyBytes_Resize(&data, pos) < 0) { Py_DECREF(offs); return NULL; }
+    return Py_BuildValue("(NN)", offs, data);
+}
+
 static PyMethodDef methods[] = {
     {"compile", w_compile, METH_VARARGS, "Compile a decoding spec."},
     {"decode", w_decode, METH_VARARGS, "Decode serialized messages into column buffers."},
     {"pack_uuids", w_pack_uuids, METH_VARARGS, "Pack canonical UUID strings into 16 bytes."},
+    {"encode", w_encode, METH_VARARGS, "Encode an Arrow struct array (C data interface) as messages."},
+    {"unpack_uuids", w_unpack_uuids, METH_VARARGS, "Format 16-byte UUIDs as canonical strings."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -449,43 +449,76 @@ def from_storage(table: pa.Table) -> pa.Table:
     """Undo to_storage: the uuid column holds every flow's uuid string again."""
     if "_uuid" not in table.column_names:
         return table
-    import uuid as _uuid
-
     packed = _as_array(table.column("_uuid"))
-    storage = packed.storage if isinstance(packed, pa.ExtensionArray) else packed
-    strings = pa.array(
-        [str(_uuid.UUID(bytes=b)) if b is not None else None for b in storage.to_pylist()],
-        pa.string(),
-    )
+    if isinstance(packed, pa.ExtensionArray):
+        packed = packed.storage
+    if packed.offset:
+        packed = pa.concat_arrays([packed])
+    n = len(packed)
+    validity, data = packed.buffers()
+    if _wire is not None and n:
+        offsets, chars = _wire.unpack_uuids(
+            data.to_pybytes() if data is not None else b"\0" * 16 * n,
+            validity.to_pybytes() if validity is not None and packed.null_count else None,
+            n,
+        )
+        strings = pa.Array.from_buffers(
+            pa.string(), n, [packed.buffers()[0] if packed.null_count else None, pa.py_buffer(offsets),
+                             pa.py_buffer(chars)], packed.null_count
+        )
+    else:
+        import uuid as _uuid
+
+        strings = pa.array([str(_uuid.UUID(bytes=b)) if b is not None else None for b in packed.to_pylist()],
+                           pa.string())
     uuid_col = pc.coalesce(strings, _as_array(table.column("uuid")))
     table = table.set_column(table.schema.get_field_index("uuid"), "uuid", uuid_col)
     return table.drop_columns(["_uuid"])
 
 
-def flows_from_columns(table: pa.Table | pa.RecordBatch) -> list[flow_pb2.Flow]:
-    """Turn stored flow rows back into Flow messages equal to the ones that arrived."""
+def encode_flows(table: pa.Table | pa.RecordBatch) -> list[bytes]:
+    """Serialized Flow per stored row (lossless: rows with _raw give back their original flow)."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
     table = from_storage(table)
-    names = [f.name for f in flow_type()]
-    have = [n for n in names if n in table.column_names]
-    raw_col = table.column("_raw") if "_raw" in table.column_names else None
-    struct = pa.StructArray.from_arrays(
-        [_as_array(table.column(n)) for n in have], names=have
-    )
-    target = _raw_type(struct.type)
-    rows = struct.cast(target).to_pylist()
-    raws = raw_col.to_pylist() if raw_col is not None else [None] * len(rows)
+    if table.num_rows == 0:
+        return []
+    spec, compiled = _response_spec()
+    ftype = flow_type()
+    cols = []
+    for f in ftype:
+        if f.name in table.column_names:
+            cols.append(_as_array(table.column(f.name)).cast(f.type))
+        else:  # a file written before this field existed
+            cols.append(pa.nulls(table.num_rows, f.type))
+    struct = pa.StructArray.from_arrays(cols, fields=list(ftype))
+    if compiled is None:
+        out = [f.SerializeToString() for f in _flows_python(struct)]
+    else:
+        _, array_capsule = struct.__arrow_c_array__()
+        out = _wire.encode(compiled, spec.index["flow.Flow"], array_capsule)
+    if "_raw" in table.column_names:
+        raws = _as_array(table.column("_raw"))
+        if raws.null_count != len(raws):
+            for i, raw in enumerate(raws.to_pylist()):
+                if raw is not None:
+                    out[i] = observer_pb2.GetFlowsResponse.FromString(raw).flow.SerializeToString()
+    return out
+
+
+def _flows_python(struct: pa.StructArray) -> list[flow_pb2.Flow]:
+    rows = struct.cast(_raw_type(struct.type)).to_pylist()
     out = []
-    for row, raw in zip(rows, raws):
+    for row in rows:
         flow = flow_pb2.Flow()
-        if raw is not None:
-            resp = observer_pb2.GetFlowsResponse.FromString(raw)
-            flow.CopyFrom(resp.flow)
-        else:
-            _fill(flow, row)
+        _fill(flow, row)
         out.append(flow)
     return out
+
+
+def flows_from_columns(table: pa.Table | pa.RecordBatch) -> list[flow_pb2.Flow]:
+    """Turn stored flow rows back into Flow messages equal to the ones that arrived."""
+    return [flow_pb2.Flow.FromString(b) for b in encode_flows(table)]
 
 
 def _as_array(col) -> pa.Array:

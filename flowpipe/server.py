@@ -79,13 +79,20 @@ def _varint(n: int) -> bytes:
 
 def response_bytes(flow: flow_pb2.Flow) -> bytes:
     """GetFlowsResponse{flow, node_name=flow.node_name, time=flow.time} serialized, without a copy of flow."""
-    body = flow.SerializeToString()
+    time_ns = flow.time.seconds * SECOND + flow.time.nanos if flow.HasField("time") else None
+    return wrap_flow(flow.SerializeToString(), flow.node_name, time_ns)
+
+
+def wrap_flow(body: bytes, node_name: str | None, time_ns: int | None) -> bytes:
+    """A serialized Flow inside a GetFlowsResponse, with response node_name and time as Relay sets them."""
     out = b"\x0a" + _varint(len(body)) + body
-    if flow.node_name:
-        name = flow.node_name.encode()
+    if node_name:
+        name = node_name.encode()
         out += b"\xc2\x3e" + _varint(len(name)) + name  # field 1000
-    if flow.HasField("time"):
-        ts = flow.time.SerializeToString()
+    if time_ns is not None:
+        sec, nanos = divmod(time_ns, SECOND)
+        # int64 seconds: negative values go on the wire as 64-bit two's complement
+        ts = (b"\x08" + _varint(sec & 0xFFFF_FFFF_FFFF_FFFF) if sec else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
         out += b"\xca\x3e" + _varint(len(ts)) + ts  # field 1001
     return out
 
@@ -228,7 +235,9 @@ class StoreReader:
 def _chunks(table: pa.Table) -> list[tuple[int, bytes]]:
     """(time, serialized response) for each row of a page."""
     times = table.column("k_t").to_pylist()
-    return [(t, response_bytes(f)) for t, f in zip(times, schema.flows_from_columns(table))]
+    nodes = table.column("node_name").to_pylist()
+    bodies = schema.encode_flows(table)
+    return [(t, wrap_flow(b, n, t)) for t, n, b in zip(times, nodes, bodies)]
 
 
 def read_range(reader: StoreReader, start: Key | int, end: int, limit: int | None, files: set[str] | None,

@@ -114,3 +114,16 @@ def test_storage_schema_matches_written_tables(captures):
     flows, _ = schema.split_responses(schema.decode_responses(_raw(captures[:5])))
     assert schema.to_storage(flows).schema.equals(schema.storage_schema())
     assert isinstance(schema.flow_type(), pa.StructType)
+
+
+def test_c_encoder_matches_python_reference(captures):
+    from flowpipe import lab
+
+    msgs = list(captures) + [r for rs in lab.generate_lab(5, seed=3).values() for r in rs]
+    flows, _ = schema.split_responses(schema.decode_responses(_raw(msgs)))
+    stored = schema.to_storage(flows)
+    fast = [flow_pb2.Flow.FromString(b) for b in schema.encode_flows(stored)]
+    table = schema.from_storage(stored)
+    struct = pa.StructArray.from_arrays([table.column(f.name).combine_chunks() for f in schema.flow_type()],
+                                        fields=list(schema.flow_type()))
+    assert fast == schema._flows_python(struct) == [m.flow for m in msgs]
