@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: install test test-fast lint protos demo bench clean
+.PHONY: install test test-fast lint protos demo bench bench-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ protos: $(PY)
 demo: install
 	$(BIN)/flowpipe demo
 
-bench: $(PY)
+bench-deps:
+	cd bench/peer && npm ci --silent --no-audit --no-fund
+
+bench: $(PY) bench-deps
 	$(PY) bench/run.py
 
 clean:

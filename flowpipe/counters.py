@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowpipe import views
+from flowpipe import schema, views
 from flowpipe.errors import StoreError
 from flowpipe.hubble_format import TRACE_POINTS
 from flowpipe.store import EVENTS, FLOWS, SCHEMA_CLUSTER, Store
@@ -75,9 +75,11 @@ FLOW_COLUMNS = (
     "l7_protocol, l7_type, tcp_flags, ip_version, dst_port, is_reply, traffic_direction, policy_match, "
     "src_identity, http_method, http_code"
 )
+# the events view has no partition columns: the same expressions over events_proto
+_EV = {name: expr for name, expr, _ in schema.event_columns()}
 EVENT_SQL = {
-    "store_lost_events": f"""SELECT {_P}, lost_source, CAST(sum(num_events_lost) AS BIGINT)
-        FROM events WHERE kind = 'lost_events' GROUP BY ALL""",
+    "store_lost_events": f"""SELECT {_P}, {_EV["lost_source"]}, CAST(sum({_EV["num_events_lost"]}) AS BIGINT)
+        FROM events_proto WHERE lost_events IS NOT NULL GROUP BY ALL""",
 }
 COUNTERS = tuple(k for k in (*FLOW_SQL, *EVENT_SQL) if not k.startswith("_"))
 

@@ -144,6 +144,9 @@ def _demo(root, stage, variant, broken, rate, duration, prometheus, say, stop, c
     say("  waiting for both relays' flows to reach the store ...")
     _wait_flows(store, [c for c, (_, n) in live.items() if n], live_start, children, stop)
     for k in range(1, stage + 1):
+        if stop.is_set():  # Ctrl-C during start-up: skip straight to stopping
+            say("stopping ...")
+            return
         # up to a second before the next stage began (the bound is inclusive, datetimes hold microseconds)
         until = None if k == stage else datetime.fromtimestamp(windows[k + 1] / 1e9 - 1, UTC)
         report = check.run_check(store, [f"stage{k}"], since=datetime.fromtimestamp(windows[k] / 1e9, UTC),

@@ -176,6 +176,25 @@ def test_series_of_removed_rules_and_clusters_disappear(store, rules_dir):
     assert total(smp, "flowpipe_flows_processed_total", cluster="cluster1") > 0
 
 
+def test_lost_events_counted_from_the_events_view(store, exporter):
+    from flowpipe.api.flow import flow_pb2
+    from flowpipe.api.observer import observer_pb2
+
+    def lost(n: int) -> observer_pb2.GetFlowsResponse:
+        resp = observer_pb2.GetFlowsResponse(node_name="relay", lost_events=flow_pb2.LostEvent(
+            source=flow_pb2.OBSERVER_EVENTS_QUEUE, num_events_lost=n))
+        resp.time.GetCurrentTime()
+        return resp
+
+    write_responses(store, [lost(5), lost(2)], cluster="cluster1")
+    exporter.evaluate()
+    name = "flowpipe_store_lost_events_total"
+    assert total(samples(exporter), name, cluster="cluster1", source="OBSERVER_EVENTS_QUEUE") == 7
+    write_responses(store, [lost(3)], cluster="cluster1")
+    exporter.evaluate()
+    assert total(samples(exporter), name, cluster="cluster1", source="OBSERVER_EVENTS_QUEUE") == 10
+
+
 def test_rule_errors_are_counted(store, rules_dir):
     (rules_dir / "t2.sql").write_text(BROKEN)
     write_lab(store, time.time_ns() - 300 * 10**9, clusters=("cluster1",))

@@ -167,7 +167,7 @@ def test_stage_turns_non_conforming_and_the_alert_follows(pipeline):
         a for a in api(base, "alerts")["alerts"] if a["labels"]["alertname"] == "FlowpipeStageNotConformant"])
     assert {(a["labels"]["cluster"], a["state"]) for a in alerts} == {("cluster2", "pending")}
     # the scraped series, one sample per minute, through `promtool test rules`: the alert fires after its 5m
-    series = api(base, "query_range", query=conformant, start=t0 - 2, end=time.time(), step="1s")["result"]
+    series = api(base, "query_range", query=conformant, start=t0, end=time.time(), step="1s")["result"]
     input_series, n = [], 0
     for s in series:
         values = [str(int(float(v))) for _, v in s["values"]]
@@ -175,7 +175,7 @@ def test_stage_turns_non_conforming_and_the_alert_follows(pipeline):
         labels = ",".join(f'{k}="{v}"' for k, v in sorted(s["metric"].items()))
         input_series.append({"series": f"flowpipe_stage_conformant{{{labels}}}",
                              "values": " ".join(values) + f" {values[-1]}x10"})
-    assert any(s["values"].split()[0] == "1" and s["values"].split()[-2] == "0" for s in input_series)
+    assert any(s["values"].split()[0] == "1" and s["values"].split()[-2] == "0" for s in input_series), input_series
     metric = next(s["metric"] for s in series if s["metric"]["cluster"] == "cluster2")
     metric.pop("__name__", None)
     test = {
