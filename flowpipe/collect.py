@@ -53,6 +53,9 @@ class ClusterState:
     sync_requested: bool = False
     last_error: str = ""
     last_error_logged: float = 0.0
+    retry_at: float = 0.0  # next attempt to commit after a store failure
+    retry_delay: float = 0.0
+    store_error_logged: float = 0.0
     error_repeats: int = 0
 
     @property
@@ -173,15 +176,32 @@ class Collector:
         with st.lock:
             st.sync_requested = False
             st.lock.notify_all()  # rows are decoded: a waiting _since() may read newest_ns
-        while st.unwritten:
-            flows, events = st.unwritten[0]
+        now = time.monotonic()
+        while st.unwritten and (force or now >= st.retry_at):
+            # one file per commit: batches that piled up while the store failed go out together
+            take = 1
+            while take < len(st.unwritten) and sum(f.num_rows for f, _ in list(st.unwritten)[:take + 1]) <= self.cfg.flush_rows:
+                take += 1
+            batch = [st.unwritten[i] for i in range(take)]
+            flows = pa.concat_tables([f for f, _ in batch]) if take > 1 else batch[0][0]
+            events = pa.concat_tables([e for _, e in batch]) if take > 1 else batch[0][1]
             try:
                 result = self.store.write(cluster, schema.to_storage(flows), events)
             except StoreError as exc:
                 self.metrics.flush_errors.labels(cluster).inc()
-                log.error("[%s] %s; %d flows kept in memory, retrying", cluster, exc, st.buffered)
+                # retry with backoff; say it at once, then every 30 s while it lasts
+                st.retry_delay = min(max(st.retry_delay * 2, 0.5), 10.0)
+                st.retry_at = now + st.retry_delay
+                if now - st.store_error_logged >= 30:
+                    log.error("[%s] %s; %d flows kept in memory, retrying", cluster, exc, st.buffered)
+                    st.store_error_logged = now
                 break
-            st.unwritten.popleft()
+            if st.store_error_logged:
+                log.info("[%s] store writable again; %d flows committed", cluster, flows.num_rows)
+                st.store_error_logged = 0.0
+            st.retry_delay = 0.0
+            for _ in range(take):
+                st.unwritten.popleft()
             st.unwritten_rows -= flows.num_rows
             st.stored += flows.num_rows
             st.window_flows += flows.num_rows
@@ -238,7 +258,7 @@ class Collector:
                     log.warning("[%s] %s: %s %s", cluster, state, ", ".join(status["node_names"]), status["message"])
 
     def _due(self, st: ClusterState, now: float) -> bool:
-        if st.unwritten or st.sync_requested:
+        if st.sync_requested or (st.unwritten and now >= st.retry_at):
             return True
         if not st.rows:
             return False
