@@ -145,6 +145,7 @@ class FlowStream:
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             ("grpc.keepalive_time_ms", int(self.cfg.keepalive * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.cfg.keepalive_timeout * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(self.cfg.keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
