@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -36,6 +37,10 @@ def handle_errors(fn):
             _fail("interrupted", 130)
         except BrokenPipeError:
             sys.exit(0)
+        except Exception as exc:  # a bug: one line for the user, the traceback on request
+            if os.environ.get("FLOWPIPE_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set FLOWPIPE_DEBUG=1 for the traceback)")
 
     return wrapper
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -95,7 +96,7 @@ def iter_responses(path: str, errors: list[str]) -> Iterator[tuple[int, observer
                 yield lineno, None
             else:
                 yield lineno, msg
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         errors.append(f"{name}: read error: {exc}")
     finally:
         if fh is not sys.stdin.buffer:
