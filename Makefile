@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: install test test-fast lint protos demo bench bench-deps clean
+.PHONY: install test test-fast test-reliability lint protos demo bench bench-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(PY)
 
 test: $(PY)
 	$(PY) -m pytest -q
+
+test-reliability: $(PY)
+	$(PY) -m pytest -q -m reliability
 
 test-fast: $(PY)
 	$(PY) -m pytest -q -m "not slow and not reliability"
