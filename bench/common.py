@@ -135,5 +135,14 @@ def save_result(name: str, figures: dict) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=1) + "\n")
 
 
+def load_note() -> str:
+    """One line on how busy the machine is (other work skews every figure here)."""
+    one, five, _ = os.getloadavg()
+    note = f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+    if one > 0.7 * (os.cpu_count() or 1):
+        note += " -- BUSY: figures will be low and noisy"
+    return note
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"

@@ -1,0 +1,106 @@
+"""Run every benchmark under bench/ and print a summary table (figures also in bench/.results/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import BENCH, RESULTS, load_note
+
+# name, script, arguments (full), arguments (--quick), seconds allowed
+BENCHMARKS = [
+    ("peer_rate", "peer_rate.py", ["--flows", "500000"], ["--flows", "200000"], 300),
+    ("collect_stages", "collect_stages.py", [], ["--batches", "3", "--receive", "100000"], 600),
+    ("collect_throughput_1", "collect_throughput.py", ["--flows", "1000000"], ["--flows", "300000"], 900),
+    ("collect_throughput_2", "collect_throughput.py", ["--flows", "1000000", "--clusters", "2"],
+     ["--flows", "300000", "--clusters", "2"], 900),
+    ("storage", "storage.py", ["--flows", "1000000"], ["--flows", "120000", "--verify", "5000"], 1200),
+    ("collect_rss", "collect_throughput.py", ["--rss", "--rate", "30000", "--duration", "300"],
+     ["--rss", "--rate", "30000", "--duration", "60"], 900),
+]
+
+
+HELPERS = {"common.py", "mix.py", "run.py", "bigstore.py"}  # modules that are not benchmarks
+
+
+def others() -> list[tuple[str, str, list[str], list[str], int]]:
+    """Benchmarks in bench/ that the table above does not know: run with their defaults."""
+    known = {b[1] for b in BENCHMARKS} | HELPERS
+    return [(p.stem, p.name, [], [], 900) for p in sorted(BENCH.glob("*.py")) if p.name not in known]
+
+
+def run_one(cmd: list[str], timeout: float) -> tuple[int | str, str]:
+    """Run cmd with its output passed through; (exit code, last non-empty stdout line)."""
+    last = ""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + timeout
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            last = line.strip() or last
+            if time.monotonic() > deadline:
+                proc.kill()
+                return "timeout", last
+        return proc.wait(), last
+
+
+def summary(name: str, r: dict) -> list[tuple[str, str, str]]:
+    """(figure, value, target) rows for one benchmark's results."""
+    if name == "peer_rate":
+        return [("peer -> trivial Python client", f"{r['msgs_per_s']:,} msgs/s", ">= 60,000")]
+    if name == "collect_stages":
+        return [("collector CPU per flow, all stages", f"{r['total_us']} us/flow", "<= 33 us (30k/s on 1 core)")]
+    if name.startswith("collect_throughput"):
+        return [(f"collect end to end, {r['clusters']} relay(s)", f"{r['flows_per_s']:,} flows/s", ">= 30,000"),
+                (f"collect peak RSS, {r['clusters']} relay(s)", f"{r['peak_rss_mb']:,} MB", "")]
+    if name == "storage":
+        return [("store bytes/flow vs gzip jsonpb", f"{r['parquet_b']} vs {r['gzip_jsonpb_b']} B = {r['ratio']}x",
+                 "<= 0.5x"), ("lossless (sampled)", r["lossless"], "all equal")]
+    if name == "collect_rss":
+        return [(f"RSS, {r['rate']:,}/s for {r['duration_s']:.0f}s",
+                 f"{r['rss_steady_min_mb']}..{r['rss_steady_max_mb']} MB (peak {r['peak_rss_mb']})", "<= 250 MB")]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks one after another, then print the table."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes in all)")
+    ap.add_argument("--only", action="append", help="run only these benchmarks (repeatable)")
+    ap.add_argument("--skip", action="append", default=[], help="skip these benchmarks")
+    args = ap.parse_args(argv)
+    print(load_note(), flush=True)
+    failed = []
+    ran = []
+    last_lines = {}
+    for name, script, full, quick, timeout in BENCHMARKS + others():
+        if (args.only and name not in args.only) or name in args.skip:
+            continue
+        cmd = [sys.executable, str(BENCH / script), *(quick if args.quick else full)]
+        print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
+        started = time.monotonic()
+        code, last_lines[name] = run_one(cmd, timeout)
+        print(f"-- {name}: exit {code} in {time.monotonic() - started:.0f}s", flush=True)
+        ran.append(name)
+        if code != 0:
+            failed.append(name)
+    rows = []
+    for name in ran:
+        path = RESULTS / f"{name}.json"
+        if name in failed:
+            rows.append((name, "FAILED", "", ""))
+        elif any(b[0] == name for b in BENCHMARKS) and path.exists():
+            rows += [(name, *row) for row in summary(name, json.loads(path.read_text()))]
+        else:
+            rows.append((name, "last line", last_lines[name][:90], ""))
+    widths = [max(len(str(r[i])) for r in rows + [("benchmark", "figure", "measured", "target")]) for i in range(4)]
+    print(f"\n{load_note()}")
+    for r in [("benchmark", "figure", "measured", "target"), tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
