@@ -29,7 +29,7 @@ def receive_cost(n: int) -> dict[str, float]:
     """CPU us per message of the real FlowStream + Collector._on_message thread, and its msgs/s."""
     with tempfile.TemporaryDirectory() as tmp, Peer(templates(), n) as peer:
         relay = RelayConfig("c1", peer.address, tls=TLSConfig(enabled=False))
-        cfg = CollectConfig(relays=[relay], max_buffer_rows=n + 1, flush_rows=n + 1, quiet=True)
+        cfg = CollectConfig(relays=[relay], max_buffer_bytes=1 << 40, flush_rows=n + 1, quiet=True)
         collector = Collector(cfg, Store(tmp))
         collector._prepare()
         st = collector.clusters["c1"]

@@ -85,9 +85,9 @@ class Run:
         if args.arrow_pool:
             env["ARROW_DEFAULT_MEMORY_POOL"] = args.arrow_pool
         config = None
-        if args.max_buffer_rows:  # only settable in a config file
+        if args.max_buffer:
             config = workdir / "collect.yaml"
-            config.write_text(f"max_buffer_rows: {args.max_buffer_rows}\n")
+            config.write_text(f"max_buffer: {args.max_buffer}\n")
         cmd = collector_cmd(self.store, relays, f"127.0.0.1:{port}", flush_rows=args.flush_rows,
                             switch_interval=args.switch_interval, config=config)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -175,7 +175,7 @@ def throughput(args: argparse.Namespace, workdir: Path) -> dict:
 
 def knobs(args: argparse.Namespace) -> dict:
     """The experiment options that were set, for the results file."""
-    names = ("flush_rows", "max_buffer_rows", "arrow_pool", "switch_interval")
+    names = ("flush_rows", "max_buffer", "arrow_pool", "switch_interval")
     return {k: getattr(args, k) for k in names if getattr(args, k)}
 
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300, help="give up on the throughput run after this")
     ap.add_argument("--keep", action="store_true", help="keep the temporary store and log")
     ap.add_argument("--flush-rows", type=int, help="pass --flush-rows to the collector")
-    ap.add_argument("--max-buffer-rows", type=int, help="collector back-pressure threshold (via --config)")
+    ap.add_argument("--max-buffer", help="collector back-pressure threshold per cluster, e.g. 64MB (via --config)")
     ap.add_argument("--arrow-pool", choices=("system", "jemalloc", "mimalloc"),
                     help="ARROW_DEFAULT_MEMORY_POOL for the collector")
     ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval() in the collector (experiment)")

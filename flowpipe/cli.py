@@ -137,7 +137,8 @@ def setup_logging(quiet: bool) -> None:
 @click.option("--deny", "deny", help="Server-side denylist, same forms as --allow.")
 @click.option("--since", help="First start only: how far back to ask Relay (e.g. 1h, 'now'); default: all it holds.")
 @click.option("--flush-interval", help="Commit buffered flows at least this often (default 2s, max 5s).")
-@click.option("--flush-rows", type=int, help="Commit earlier when this many flows are buffered (default 100000).")
+@click.option("--flush-rows", type=int, help="Commit earlier when this many flows are buffered (default 30000).")
+@click.option("--max-buffer", help="Per cluster, stop reading the relay while this much is buffered (default 32MB).")
 @click.option("--keepalive", help="HTTP/2 ping interval to notice dead connections (default 30s).")
 @click.option("--idle-timeout", help="Re-dial a stream that delivers nothing for this long (default off).")
 @click.option("--backoff-max", help="Longest wait between reconnect attempts (default 30s).")
@@ -147,7 +148,7 @@ def setup_logging(quiet: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines, warnings and errors only.")
 @handle_errors
 def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key_file, server_name, allow, deny,
-            since, flush_interval, flush_rows, keepalive, idle_timeout, backoff_max, resume_overlap, metrics_listen,
+            since, flush_interval, flush_rows, max_buffer, keepalive, idle_timeout, backoff_max, resume_overlap, metrics_listen,
             keep, quiet) -> None:
     """Stream flows from every cluster's Hubble Relay into the store until Ctrl-C.
 
@@ -175,6 +176,8 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
             setattr(cfg, name, cfgmod.parse_duration(value, f"--{name.replace('_', '-')}"))
     if flush_rows is not None:
         cfg.flush_rows = flush_rows
+    if max_buffer is not None:
+        cfg.max_buffer_bytes = cfgmod.parse_size(max_buffer, "--max-buffer")
     cfg.since = since if since is not None else cfg.since
     cfg.metrics_listen = metrics_listen or cfg.metrics_listen
     cfg.quiet = quiet or cfg.quiet
@@ -453,20 +456,27 @@ def lab() -> None:
 @click.option("--broken-cluster", "broken", multiple=True, metavar="CLUSTER",
               help="Apply --variant to this cluster only (repeatable; default: every cluster).")
 @click.option("--seed", type=int, help="Reproducible ports, timings and uuids.")
+@click.option("--start", default="guide", show_default=True,
+              help="When the stage starts: 'guide' (the guide's own timestamps), 'now' (traffic of the "
+                   "last 5 minutes, ready for `check --since 15m`) or an RFC 3339 time.")
 @click.option("--out", "out_dir", required=True, metavar="DIR", help="Directory for <cluster>.jsonl files.")
 @handle_errors
-def lab_generate(stage: int, variant: str | None, broken: tuple[str, ...], seed: int | None, out_dir: str) -> None:
+def lab_generate(stage: int, variant: str | None, broken: tuple[str, ...], seed: int | None, start: str,
+                 out_dir: str) -> None:
     """Write each cluster's flows of a stage as `hubble observe -o jsonpb` lines (DIR/<cluster>.jsonl).
 
     Example:
 
     \b
-        flowpipe lab generate --stage 5 --variant allow-all-left --broken-cluster cluster2 --out ./lab5
+        flowpipe lab generate --stage 5 --start now --out ./lab5
         flowpipe import --store ./store ./lab5/cluster1.jsonl ./lab5/cluster2.jsonl
+        flowpipe check stage5.sql --store ./store --since 15m
     """
     from flowpipe import lab as lab_sim
 
-    written = lab_sim.write_lab(out_dir, stage, variant=variant, broken_clusters=broken or None, seed=seed)
+    start_ns = lab_sim.parse_start(start)
+    written = lab_sim.write_lab(out_dir, stage, variant=variant, broken_clusters=broken or None, seed=seed,
+                                start_ns=start_ns)
     for cluster, (path, count) in written.items():
         click.echo(f"{path}: {count} flows ({cluster})", err=True)
 

@@ -19,13 +19,17 @@ from flowpipe.config import CollectConfig, RelayConfig, parse_duration
 from flowpipe.dedup import Deduper
 from flowpipe.errors import FlowpipeError, StoreError
 from flowpipe.metrics import CollectorMetrics
-from flowpipe.store import Store, now_ns
+from flowpipe.store import Store, StreamWriter, now_ns
 from flowpipe.stream import FatalStreamError, FlowStream
 
 log = logging.getLogger("flowpipe.collect")
 
 NODE_STATES = {0: "UNKNOWN_NODE_STATE", 1: "NODE_CONNECTED", 2: "NODE_UNAVAILABLE", 3: "NODE_GONE", 4: "NODE_ERROR"}
 LOST_SOURCES = {0: "UNKNOWN_LOST_EVENT_SOURCE", 1: "PERF_EVENT_RING_BUFFER", 2: "OBSERVER_EVENTS_QUEUE", 3: "HUBBLE_RING_BUFFER"}
+
+
+DECODE_BATCH = 8192  # rows decoded (and written as one row group) at a time
+RESEND_SLACK_NS = 2_000_000_000  # flows of a resend can arrive this far out of time order
 
 
 class CollectError(FlowpipeError):
@@ -39,11 +43,19 @@ class ClusterState:
     relay: RelayConfig
     deduper: Deduper
     lock: threading.Condition = field(default_factory=threading.Condition)
-    rows: list[bytes] = field(default_factory=list)
+    # The receiving thread appends without a lock (deque.append is atomic); the flusher pops.
+    rows: deque = field(default_factory=deque)
+    rows_bytes: int = 0  # approximate bytes of rows (back-pressure)
     first_row_at: float = 0.0
-    unwritten: deque = field(default_factory=deque)  # (flows, events) decoded but not yet committed
-    unwritten_rows: int = 0
+    writer: StreamWriter | None = None  # open files of decoded, deduplicated, uncommitted flows
+    pending_keys: list = field(default_factory=list)  # dedup keys of the rows in the open files
     newest_ns: int | None = None  # newest flow time decoded (resume point)
+    committed_ns: int | None = None  # newest flow time committed (resume point after a store failure)
+    unstored: int = 0  # flows dropped by store failures since the last successful commit
+    failures: int = 0
+    resend_until: int | None = None  # after a (re)connect: keep dedup keys until flows pass this time
+    stream_newest: int | None = None  # newest flow time decoded since the last (re)connect
+    paused: bool = False  # after a store failure, until the stream re-dials: drop what still arrives
     stored: int = 0
     lost: int = 0
     window_flows: int = 0
@@ -60,7 +72,7 @@ class ClusterState:
 
     @property
     def buffered(self) -> int:
-        return len(self.rows) + self.unwritten_rows
+        return len(self.rows) + (self.writer.rows if self.writer else 0)
 
 
 class Collector:
@@ -83,16 +95,13 @@ class Collector:
         views.write_database(self.store)
         if n := self.store.clean_incoming():
             log.info("removed %d temporary files left by an interrupted writer", n)
-        window = int(max(60.0, 3 * self.cfg.resume_overlap) * 1e9)
+
         for relay in self.cfg.relays:
-            st = ClusterState(relay=relay, deduper=Deduper(window))
+            st = ClusterState(relay=relay, deduper=Deduper(), writer=StreamWriter(self.store, relay.cluster))
             last = self.store.last_time(relay.cluster)
             if last is not None:
-                since = last - int(self.cfg.resume_overlap * 1e9)
-                st.deduper.remember(self.store.keys_between(relay.cluster, since), at_ns=last)
-                st.newest_ns = last
-                log.info("[%s] resuming after %s (%d stored keys in the overlap)", relay.cluster,
-                         _fmt_ns(last), len(st.deduper))
+                st.newest_ns = st.committed_ns = last
+                log.info("[%s] resuming after %s", relay.cluster, _fmt_ns(last))
             self.metrics.init_cluster(relay.cluster)
             self.clusters[relay.cluster] = st
 
@@ -101,10 +110,26 @@ class Collector:
         # buffered first, so the resume point covers every flow already received.
         deadline = time.monotonic() + 5
         with st.lock:
-            while st.rows and not self._stop.is_set() and time.monotonic() < deadline:
-                st.sync_requested = True
+            if st.rows:
+                st.sync_requested = True  # flush() clears it once every row is decoded
                 self._wake.set()
+            while st.sync_requested and not self._stop.is_set() and time.monotonic() < deadline:
                 st.lock.wait(0.1)
+            since = self._resume_point(st)
+            resend = since is not None and st.newest_ns is not None  # something was had before
+            if resend:
+                # Relay will send again what it sent after `since`: keep dedup keys until the
+                # new stream is past what we had (plus slack for flows out of time order)
+                st.resend_until = (st.newest_ns or 0) + RESEND_SLACK_NS
+                st.stream_newest = None
+        if resend and st.committed_ns is not None:
+            # stored keys of the overlap; the decoded but uncommitted ones are in the deduper
+            keys = self.store.keys_between(st.relay.cluster, since)
+            st.deduper.remember(keys, at_ns=st.newest_ns or 0)
+        st.paused = False  # about to dial from the resume point: what comes now is wanted
+        return since
+
+    def _resume_point(self, st: ClusterState) -> int | None:
         if st.newest_ns is not None:
             return st.newest_ns - int(self.cfg.resume_overlap * 1e9)
         if self.cfg.since is None:
@@ -116,16 +141,26 @@ class Collector:
     # ------------------------------------------------------------------ streams
 
     def _on_message(self, st: ClusterState, raw: bytes) -> None:
+        if st.paused:
+            return  # sent before the hang-up; the re-dial asks for it again
+        rows = st.rows
+        if not rows:
+            st.first_row_at = time.monotonic()
+        rows.append(raw)
+        st.rows_bytes += len(raw)
+        n = len(rows)
+        if n % 1024 == 0:
+            if n >= self.cfg.flush_rows:
+                self._wake.set()
+            if st.rows_bytes >= self.cfg.max_buffer_bytes:
+                self._backpressure(st)
+
+    def _backpressure(self, st: ClusterState) -> None:
+        """Stop reading the relay until the flusher catches up (or the store recovers)."""
         with st.lock:
-            while st.buffered >= self.cfg.max_buffer_rows and not self._stop.is_set():
-                # back-pressure: stop reading until the flusher catches up (or the disk recovers)
+            while st.rows_bytes >= self.cfg.max_buffer_bytes and not self._stop.is_set():
                 self._wake.set()
                 st.lock.wait(0.5)
-            if not st.rows:
-                st.first_row_at = time.monotonic()
-            st.rows.append(raw)
-            if len(st.rows) >= self.cfg.flush_rows:
-                self._wake.set()
 
     def _on_event(self, st: ClusterState, kind: str, detail: str) -> None:
         cluster = st.relay.cluster
@@ -166,61 +201,38 @@ class Collector:
     # ------------------------------------------------------------------ flushing
 
     def flush(self, st: ClusterState, force: bool = False) -> None:
-        """Decode what arrived, drop duplicates, commit; keep it in memory if the store fails."""
-        cluster = st.relay.cluster
-        with st.lock:
-            rows, st.rows = st.rows, []
+        """Decode what arrived into the open files (a row group per batch) and commit them when due."""
+        now = time.monotonic()
+        if now < st.retry_at and not force:
+            return  # the store failed: the stream is paused until retry_at
+        interval = self.cfg.flush_interval
+        due = (force or st.sync_requested or (st.rows and now - st.first_row_at >= interval)
+               or (st.writer.opened_at is not None and now - st.writer.opened_at >= interval))
         started = time.perf_counter()
-        if rows:
-            self._decode(st, rows)
+        decoded = 0
+        ok = True
+        # bounded batches: memory is one batch, however far behind the flusher is
+        while ok and st.rows and (due or len(st.rows) >= DECODE_BATCH):
+            take = min(len(st.rows), DECODE_BATCH)
+            rows = [st.rows.popleft() for _ in range(take)]
+            st.rows_bytes -= sum(map(len, rows))
+            decoded += take
+            ok = self._decode_into_files(st, rows)
+            if ok and st.writer.rows >= self.cfg.flush_rows:
+                ok = self._commit(st)
         with st.lock:
             st.sync_requested = False
             st.lock.notify_all()  # rows are decoded: a waiting _since() may read newest_ns
-        now = time.monotonic()
-        while st.unwritten and (force or now >= st.retry_at):
-            # one file per commit: batches that piled up while the store failed go out together
-            take = 1
-            while take < len(st.unwritten) and sum(f.num_rows for f, _ in list(st.unwritten)[:take + 1]) <= self.cfg.flush_rows:
-                take += 1
-            batch = [st.unwritten[i] for i in range(take)]
-            flows = pa.concat_tables([f for f, _ in batch]) if take > 1 else batch[0][0]
-            events = pa.concat_tables([e for _, e in batch]) if take > 1 else batch[0][1]
-            try:
-                result = self.store.write(cluster, schema.to_storage(flows), events)
-            except StoreError as exc:
-                self.metrics.flush_errors.labels(cluster).inc()
-                # retry with backoff; say it at once, then every 30 s while it lasts
-                st.retry_delay = min(max(st.retry_delay * 2, 0.5), 10.0)
-                st.retry_at = now + st.retry_delay
-                if now - st.store_error_logged >= 30:
-                    log.error("[%s] %s; %d flows kept in memory, retrying", cluster, exc, st.buffered)
-                    st.store_error_logged = now
-                break
-            if st.store_error_logged:
-                log.info("[%s] store writable again; %d flows committed", cluster, flows.num_rows)
-                st.store_error_logged = 0.0
-            st.retry_delay = 0.0
-            for _ in range(take):
-                st.unwritten.popleft()
-            st.unwritten_rows -= flows.num_rows
-            st.stored += flows.num_rows
-            st.window_flows += flows.num_rows
-            self.metrics.flows_stored.labels(cluster).inc(flows.num_rows)
-            self.metrics.store_bytes.labels(cluster).inc(result.bytes)
-            self.metrics.last_flush.labels(cluster).set(time.time())
-            newest = pc.max(flows.column("time")).value if flows.num_rows else None
-            if newest:
-                self.metrics.newest_flow.labels(cluster).set(newest / 1e9)
-        self.metrics.buffered.labels(cluster).set(st.buffered)
-        if rows:
-            self.metrics.flush_seconds.labels(cluster).observe(time.perf_counter() - started)
-        with st.lock:
-            st.lock.notify_all()
+        if ok and st.writer.rows and due:
+            self._commit(st)
+        self.metrics.buffered.labels(st.relay.cluster).set(st.buffered)
+        if decoded:
+            self.metrics.flush_seconds.labels(st.relay.cluster).observe(time.perf_counter() - started)
+            pa.default_memory_pool().release_unused()  # give freed batch memory back to the OS
 
-    def _decode(self, st: ClusterState, rows: list[bytes]) -> None:
+    def _decode_into_files(self, st: ClusterState, rows: list[bytes]) -> bool:
         cluster = st.relay.cluster
         m = self.metrics
-        m.flows_received.labels(cluster)  # series exists even before flows
         dec = schema.decode_responses(rows)
         for idx, reason in dec.errors[:5]:
             log.warning("[%s] undecodable response (%d bytes): %s", cluster, len(rows[idx]), reason)
@@ -229,15 +241,78 @@ class Collector:
         flows, events = schema.split_responses(dec)
         m.flows_received.labels(cluster).inc(flows.num_rows)
         self._count_events(st, events)
-        flows, dups = st.deduper.filter(flows)
+        flows, dups, keys = st.deduper.filter(flows)
         if dups:
             m.duplicates.labels(cluster).inc(dups)
-        newest = st.deduper.newest_ns
+        newest = pc.max(flows.column("time")).value if flows.num_rows else None
         if newest is not None and (st.newest_ns is None or newest > st.newest_ns):
             st.newest_ns = newest
-        if flows.num_rows or events.num_rows:
-            st.unwritten.append((flows, events))
-            st.unwritten_rows += flows.num_rows
+        if newest is not None and (st.stream_newest is None or newest > st.stream_newest):
+            st.stream_newest = newest
+        if not (flows.num_rows or events.num_rows):
+            return True
+        before = st.writer.rows
+        try:
+            st.writer.write(schema.to_storage(flows), events)
+        except StoreError as exc:
+            self._store_failed(st, exc, keys, before + flows.num_rows + events.num_rows)
+            return False
+        st.pending_keys.extend(keys)
+        return True
+
+    def _commit(self, st: ClusterState) -> bool:
+        cluster = st.relay.cluster
+        rows, newest = st.writer.rows, st.writer.newest_ns
+        try:
+            result = st.writer.commit()
+        except StoreError as exc:
+            self._store_failed(st, exc, [], rows)
+            return False
+        st.pending_keys = []
+        st.unstored = 0  # what a failure dropped has been asked for again and is coming in
+        if st.store_error_logged:
+            log.info("[%s] store writable again", cluster)
+            st.store_error_logged = 0.0
+        st.retry_delay = 0.0
+        st.stored += result.flows
+        st.window_flows += result.flows
+        self.metrics.flows_stored.labels(cluster).inc(result.flows)
+        self.metrics.store_bytes.labels(cluster).inc(result.bytes)
+        self.metrics.last_flush.labels(cluster).set(time.time())
+        if newest is not None and (st.committed_ns is None or newest > st.committed_ns):
+            st.committed_ns = newest
+            self.metrics.newest_flow.labels(cluster).set(newest / 1e9)
+        with st.lock:
+            if st.resend_until is not None and (st.stream_newest or 0) > st.resend_until:
+                st.resend_until = None  # the resend is over: new flows only from here on
+            if st.resend_until is None:
+                # committed keys are not needed while streaming: a reconnect reloads the
+                # overlap's keys from the store, so memory does not grow with the flow rate
+                st.deduper.clear()
+        return True
+
+    def _store_failed(self, st: ClusterState, exc: StoreError, keys: list, uncommitted: int) -> None:
+        """Drop what was not committed and ask Relay for it again once the store may work."""
+        cluster = st.relay.cluster
+        now = time.monotonic()
+        st.deduper.forget(st.pending_keys + keys)
+        st.pending_keys = []
+        st.paused = True
+        st.failures += 1
+        dropped = uncommitted + len(st.rows)
+        st.rows.clear()
+        st.rows_bytes = 0
+        st.newest_ns = st.committed_ns  # resume from the last committed flow
+        st.retry_delay = min(max(st.retry_delay * 2, 0.5), 10.0)
+        st.retry_at = now + st.retry_delay
+        st.unstored += dropped
+        if st.stream is not None and not self._stop.is_set():
+            st.stream.pause(st.retry_delay)
+        self.metrics.flush_errors.labels(cluster).inc()
+        if now - st.store_error_logged >= 30:
+            log.error("[%s] %s; %d uncommitted flows dropped from memory, asking Relay for them again in %.1fs",
+                      cluster, exc, dropped, st.retry_delay)
+            st.store_error_logged = now
 
     def _count_events(self, st: ClusterState, events: pa.Table) -> None:
         if events.num_rows == 0:
@@ -258,11 +333,13 @@ class Collector:
                     log.warning("[%s] %s: %s %s", cluster, state, ", ".join(status["node_names"]), status["message"])
 
     def _due(self, st: ClusterState, now: float) -> bool:
-        if st.sync_requested or (st.unwritten and now >= st.retry_at):
-            return True
-        if not st.rows:
+        if now < st.retry_at:
             return False
-        return len(st.rows) >= self.cfg.flush_rows or now - st.first_row_at >= self.cfg.flush_interval
+        if st.sync_requested or len(st.rows) >= DECODE_BATCH:
+            return True
+        if st.rows and now - st.first_row_at >= self.cfg.flush_interval:
+            return True
+        return st.writer.opened_at is not None and now - st.writer.opened_at >= self.cfg.flush_interval
 
     # ------------------------------------------------------------------ main loop
 
@@ -312,10 +389,15 @@ class Collector:
                 st.thread.join(timeout=5)
         unstored = 0
         for st in self.clusters.values():
-            self.flush(st, force=True)
-            unstored += st.buffered
-            if st.buffered:
-                log.error("[%s] %d flows could not be stored before exit", st.relay.cluster, st.buffered)
+            failures = st.failures
+            while st.rows or st.writer.rows:
+                self.flush(st, force=True)
+                if st.failures > failures:
+                    break  # the store still refuses: stop trying
+            unstored += st.unstored
+            if st.unstored:
+                log.error("[%s] %d flows received since the last commit could not be stored; the next "
+                          "start asks Relay for them again", st.relay.cluster, st.unstored)
         if self.fatal:
             raise CollectError(self.fatal)
         return unstored

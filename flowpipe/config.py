@@ -17,6 +17,21 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|k|m|g)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """'64MB', '512k', '1G' or a number of bytes -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"invalid {what} {text!r}: use e.g. 64MB, 512KB, 1GB")
+    unit = m.group(2).lower() if m.group(2) else None
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
 def parse_duration(text: str | float | int, what: str = "duration") -> float:
     """'5s', '2m', '1.5h', '7d', '250ms' or a number of seconds -> seconds."""
     if isinstance(text, (int, float)):
@@ -56,8 +71,8 @@ class CollectConfig:
     relays: list[RelayConfig] = field(default_factory=list)
     store: str | None = None
     flush_interval: float = 2.0  # seconds between commits of buffered flows
-    flush_rows: int = 100_000  # commit earlier when this many flows are buffered
-    max_buffer_rows: int = 1_000_000  # stop reading relays beyond this (back-pressure)
+    flush_rows: int = 30_000  # commit earlier when this many flows are buffered
+    max_buffer_bytes: int = 32 * 1024 * 1024  # per cluster: stop reading its relay beyond this
     keepalive: float = 30.0  # HTTP/2 ping interval; a dead peer is noticed after keepalive + timeout
     keepalive_timeout: float = 10.0
     idle_timeout: float = 0.0  # re-dial when a stream delivers nothing for this long (0 = off)
@@ -133,7 +148,7 @@ _DURATIONS = {
     "keep",
     "progress_every",
 }
-_INTS = {"flush_rows", "max_buffer_rows"}
+_INTS = {"flush_rows"}
 _STRS = {"store", "since", "metrics_listen"}
 
 
@@ -145,6 +160,8 @@ def from_dict(data: dict[str, Any], source: str = "config") -> CollectConfig:
             continue
         if key in _DURATIONS:
             setattr(cfg, key, parse_duration(value, f"{source}: {key}"))
+        elif key == "max_buffer":
+            cfg.max_buffer_bytes = parse_size(value, f"{source}: max_buffer")
         elif key in _INTS:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{source}: {key} must be a positive integer")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import zlib
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
@@ -132,7 +132,7 @@ def import_files(
         if span["min"].is_valid:
             # only keys stored in this batch's time span can be duplicates of it
             d.remember(store.keys_between(c, span["min"].value, span["max"].value))
-        flows, dups = d.filter(flows)
+        flows, dups, _ = d.filter(flows)
         report.duplicates += dups
         report.flows += flows.num_rows
         report.events += events.num_rows

@@ -50,6 +50,29 @@ def _seeded(seed: int, *parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+STAGE_SPAN_NS = 300 * 1_000_000_000  # every stage's traffic fits in five minutes
+
+
+def parse_start(text: str) -> int | None:
+    """'guide' -> None (the guide's timestamps), 'now' -> five minutes ago, or an RFC 3339 time (ns)."""
+    import time
+    from datetime import datetime
+
+    from flowpipe.errors import ConfigError
+
+    if text == "guide":
+        return None
+    if text == "now":
+        return time.time_ns() - STAGE_SPAN_NS
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"invalid --start {text!r}: use guide, now or an RFC 3339 time") from exc
+    if dt.tzinfo is None:
+        raise ConfigError(f"invalid --start {text!r}: give a time zone, e.g. 2025-10-02T14:45:00Z")
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
 def generate(
     stage: int,
     cluster: str,

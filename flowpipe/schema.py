@@ -535,12 +535,14 @@ def split_responses(dec: Decoded) -> tuple[pa.Table, pa.Table]:
     flows = pa.Table.from_arrays(
         [*flow.flatten(), dec.fingerprints, dec.raw],
         names=[*[f.name for f in flow_type()], "_fp", "_raw"],
-    ).filter(has_flow)
+    )
     events = pa.Table.from_arrays(
         [arr.field("node_status"), arr.field("lost_events"), arr.field("node_name"), arr.field("time")],
         names=["node_status", "lost_events", "node_name", "time"],
-    ).filter(pc.invert(has_flow))
-    return flows, events
+    )
+    if flow.null_count == 0:  # only flows, the usual case: no filter copy
+        return flows, events.slice(0, 0)
+    return flows.filter(has_flow), events.filter(pc.invert(has_flow))
 
 
 # ------------------------------------------------------------------ friendly columns

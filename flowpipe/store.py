@@ -199,21 +199,29 @@ class Store:
         return result
 
     def publish(self, staged: WriteResult) -> None:
-        """Rename staged files into their partitions (each rename is atomic) and fsync."""
-        dirs = set()
+        """Rename staged files into their partitions and fsync: all of them, or none.
+
+        Directories are made first (a full disk fails there, before anything is visible); a
+        rename failing halfway moves the files already published back out, so callers can
+        retry the whole batch without storing anything twice."""
+        done: list[tuple[Path, Path]] = []
         try:
-            while staged.pending:
-                tmp, final = staged.pending[0]
-                final.parent.mkdir(parents=True, exist_ok=True)
+            dirs = {final.parent for _, final in staged.pending}
+            for d in dirs:
+                d.mkdir(parents=True, exist_ok=True)
+            for tmp, final in staged.pending:
                 os.rename(tmp, final)
-                staged.pending.pop(0)
-                staged.files.append(final)
-                dirs.add(final.parent)
+                done.append((tmp, final))
             for d in dirs:
                 _fsync_dir(d)
         except OSError as exc:
+            for tmp, final in done:
+                with contextlib.suppress(OSError):
+                    os.rename(final, tmp)
             self.discard(staged)
             raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'publishing files')}") from exc
+        staged.files.extend(final for _, final in staged.pending)
+        staged.pending.clear()
 
     def discard(self, staged: WriteResult) -> None:
         """Delete staged files that were not published."""
@@ -264,15 +272,18 @@ class Store:
                 return newest
         return None
 
-    def keys_between(self, cluster: str, lo_ns: int, hi_ns: int | None = None) -> set[str | int]:
-        """Dedup keys (uuid, or fingerprint of uuid-less flows) stored for cluster in [lo_ns, hi_ns]."""
-        found: set[str | int] = set()
+    def keys_between(self, cluster: str, lo_ns: int, hi_ns: int | None = None) -> set[int]:
+        """Dedup keys (see dedup.keys) of the flows stored for cluster in [lo_ns, hi_ns]."""
+        found: set[int] = set()
         hour = 3_600_000_000_000
         for part in _hour_dirs(self.root / FLOWS / f"cluster={cluster}"):
             start = _dir_hour_ns(part)
             if start + hour <= lo_ns or (hi_ns is not None and start > hi_ns):
                 continue
             for path in part.glob("*.parquet"):
+                newest = _max_time(path)
+                if newest is not None and newest < lo_ns:
+                    continue  # the footer says every flow in it is older: skip reading it
                 try:
                     t = pq.read_table(path, columns=["time", "uuid", "_uuid", "_fp"])
                 except (OSError, pa.ArrowException) as exc:
@@ -285,6 +296,93 @@ class Store:
                 if t.num_rows:
                     found.update(dedup.keys(schema.from_storage(t)))
         return found
+
+
+class StreamWriter:
+    """Appends batches of one cluster to open temp files (one per kind and hour), one row group
+    per batch, and publishes them atomically on commit(): memory stays one batch, not one file."""
+
+    def __init__(self, store: Store, cluster: str):
+        self.store = store
+        self.cluster = check_cluster(cluster)
+        self._open: dict[tuple[str, int], tuple[pq.ParquetWriter, Path, Path]] = {}
+        self.flows = 0
+        self.events = 0
+        self.newest_ns: int | None = None
+        self.opened_at: float | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.flows + self.events
+
+    def write(self, flows: pa.Table | None, events: pa.Table | None = None) -> None:
+        """Append; on failure every open file is removed and StoreError raised (nothing published)."""
+        try:
+            for kind, table in ((FLOWS, flows), (EVENTS, events)):
+                if table is None or table.num_rows == 0:
+                    continue
+                for hour_ns, part in _by_hour(table):
+                    writer = self._writer(kind, hour_ns, part)
+                    writer.write_table(part, row_group_size=part.num_rows)
+                if kind == FLOWS:
+                    self.flows += table.num_rows
+                    newest = pc.max(table.column("time")).value
+                    if newest is not None and (self.newest_ns is None or newest > self.newest_ns):
+                        self.newest_ns = newest
+                else:
+                    self.events += table.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            self.abort()
+            what = f"writing {self.cluster}'s open files"
+            reason = _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            raise StoreError(f"store {self.store.root}: {reason}") from exc
+
+    def _writer(self, kind: str, hour_ns: int, part: pa.Table) -> pq.ParquetWriter:
+        key = (kind, hour_ns)
+        if key not in self._open:
+            final_dir = self.store.partition_dir(kind, self.cluster, hour_ns)
+            first = pc.min(part.column("time")).value or 0
+            name = f"part-{first:019d}-{uuid.uuid4().hex[:12]}.parquet"
+            tmp = self.store.root / INCOMING / f"{name}.tmp"
+            (self.store.root / INCOMING).mkdir(parents=True, exist_ok=True)
+            writer = pq.ParquetWriter(tmp, part.schema, **PARQUET_OPTIONS)
+            self._open[key] = (writer, tmp, final_dir / name)
+            if self.opened_at is None:
+                self.opened_at = time.monotonic()
+        return self._open[key][0]
+
+    def commit(self) -> WriteResult:
+        """Close, fsync and rename every open file into its partition; reset for the next files."""
+        result = WriteResult(flows=self.flows, events=self.events)
+        try:
+            for writer, tmp, final in self._open.values():
+                writer.close()
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                result.bytes += tmp.stat().st_size
+                result.pending.append((tmp, final))
+        except (OSError, pa.ArrowException) as exc:
+            self.abort()
+            reason = _describe_os_error(exc, "closing files") if isinstance(exc, OSError) else str(exc)
+            raise StoreError(f"store {self.store.root}: {reason}") from exc
+        self._open.clear()
+        self.store.publish(result)
+        self.flows = self.events = 0
+        self.newest_ns = None
+        self.opened_at = None
+        return result
+
+    def abort(self) -> None:
+        """Drop the open files (their rows were never published)."""
+        for writer, tmp, _ in self._open.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._open.clear()
+        self.flows = self.events = 0
+        self.newest_ns = None
+        self.opened_at = None
 
 
 def _hour_dirs(cluster_dir: Path) -> list[Path]:
@@ -323,6 +421,12 @@ def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     hour_ns = 3_600_000_000_000
     times = table.column("time").cast(pa.int64()).fill_null(0)
     hours = pc.multiply(pc.divide(times, hour_ns), hour_ns)  # integer division
+    span = pc.min_max(hours)
+    if span["min"] == span["max"]:
+        # the usual case (one flush, one hour): skip the filter copy; sort only if needed
+        ordered = len(times) < 2 or pc.all(pc.less_equal(times.slice(0, len(times) - 1), times.slice(1))).as_py()
+        yield span["min"].as_py(), table if ordered else table.take(pc.sort_indices(times))
+        return
     table = table.append_column("__hour", hours)
     for h in pc.unique(hours).to_pylist():
         part = table.filter(pc.equal(table.column("__hour"), h)).drop_columns(["__hour"])

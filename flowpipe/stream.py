@@ -90,6 +90,8 @@ class FlowStream:
         self._stop = threading.Event()
         self._call = None
         self._idle_cancelled = False
+        self._pausing = False
+        self._resume_at = 0.0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ control
@@ -99,6 +101,14 @@ class FlowStream:
         self._stop.set()
         with self._lock:
             if self._call is not None:
+                self._call.cancel()
+
+    def pause(self, seconds: float) -> None:
+        """Hang up now and dial again after seconds (the collector could not store what it got)."""
+        self._resume_at = time.monotonic() + seconds
+        with self._lock:
+            if self._call is not None:
+                self._pausing = True
                 self._call.cancel()
 
     @property
@@ -121,9 +131,15 @@ class FlowStream:
         """Stream until stop(); raise FatalStreamError when retrying cannot help."""
         attempt = 0
         while not self._stop.is_set():
+            wait = self._resume_at - time.monotonic()
+            if wait > 0:
+                self._stop.wait(wait)
+                continue
             received = self._attempt()
             if self._stop.is_set():
                 break
+            if self._resume_at > time.monotonic():
+                continue  # paused: no backoff on top
             attempt = 0 if received else attempt + 1
             delay = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_initial * 2**attempt))
             delay = max(delay, self.cfg.backoff_initial / 2)
@@ -204,6 +220,9 @@ class FlowStream:
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
         if self._stop.is_set():
+            return
+        if code == grpc.StatusCode.CANCELLED and self._pausing:
+            self._pausing = False
             return
         if code == grpc.StatusCode.CANCELLED and self._idle_cancelled:
             self._report_error("idle", f"no message for {self.cfg.idle_timeout:g}s, re-dialling")

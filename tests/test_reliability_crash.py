@@ -53,6 +53,7 @@ def test_sigkill_twenty_times_loses_and_repeats_nothing(store):
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1].decode(errors="replace")
         assert proc.returncode == 0, err
+    print(f"\ncrash: {KILLS} SIGKILLs; flows stored after each kill: {stored_after_kill}")
     # progress was made across the kills, not only at the end
     assert stored_after_kill[-1] > 0 and stored_after_kill == sorted(stored_after_kill)
     # every file where queries look is a complete Parquet file

@@ -65,9 +65,11 @@ def test_full_disk_reported_and_recovered(small_fs, caplog):
             for path in store.files():
                 pq.read_metadata(path)
             assert not list((store.root / ".incoming").glob("*.tmp"))
-            assert run.metric("flowpipe_collector_buffered_flows", cluster="c1") > 0
+            # what was not committed is not held in memory: Relay still has it and is asked again
+            assert any("asking Relay for them again" in r.getMessage() for r in caplog.records)
             filler.unlink()
-            wait_for(lambda: stored_count(run, "c1") == 20_200, timeout=60, what="flows after space was freed")
+            wait_for(lambda: stored_count(run, "c1") >= 20_200, timeout=60, what="flows after space was freed")
+            print("stored", stored_count(run, "c1"), run.metric("flowpipe_collector_duplicate_flows_total", cluster="c1"))
             assert run.stop() == 0
     uuids = [u for p in store.files() for u in pq.read_table(p, columns=["_uuid"]).column("_uuid").to_pylist()]
     assert len(uuids) == len(set(uuids)) == 20_200

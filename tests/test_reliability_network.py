@@ -47,6 +47,8 @@ def test_relay_outage_of_60s(store):
                                         source="HUBBLE_RING_BUFFER") == 1234, what="lost events counted")
             errors = run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE")
             run.stop()
+    print(f"\noutage: reconnected {reconnect_s:.2f}s after the relay returned (cap {backoff_cap}s), "
+          f"{errors:.0f} failed attempts during 60 s")
     assert reconnect_s <= backoff_cap + 1.5
     assert errors >= 10  # it kept trying all along (at most backoff_cap apart)
     _, rows = query.fetch(store, "SELECT lost_source, num_events_lost FROM lost_events WHERE cluster = 'c1'")
@@ -125,6 +127,8 @@ def test_stalled_peer_is_noticed_and_redialled(store):
                 run.stop()
         finally:
             proxy.close()
+    print(f"\nstall: noticed and re-dialled {noticed_s:.2f}s after the peer went silent "
+          f"(keepalive {keepalive}s + ping timeout {timeout}s)")
     # keepalive interval + ping timeout + one backoff step, with slack for a loaded machine
     assert noticed_s <= keepalive + timeout + 3, noticed_s
     assert proxy.connections >= 2

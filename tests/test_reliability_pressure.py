@@ -70,6 +70,8 @@ def test_runaway_rule_is_interrupted_while_collection_goes_on(store, tmp_path):
             feeder.join()
             wait_for(lambda: stored_count(run, "c1") == 23_000, timeout=60, what="flows collected meanwhile")
             run.stop()
+    print(f"\nrunaway: process took {seconds:.2f}s with --rule-timeout 2; peak RSS {peak_mb:.0f} MB "
+          f"(baseline check {base_mb:.0f} MB, --memory-limit 256MB)")
     assert code == 2, out  # the rule could not run: an error, not a pass or a fail
     assert '"status": "error"' in out and "timeout" in out.lower(), out
     process_start = 2.5  # python + duckdb + views, measured by the trivial run's overhead on this machine
@@ -116,6 +118,8 @@ def test_check_and_fifty_scrapers_while_collect_writes(tmp_path):
             exporter.stop()
             stored_before_stop = stored_count(run, "cluster1")
             run.stop()
+    print(f"\npressure: {len(scrapes)} scrapes by 50 scrapers in 10 s, {len(failures)} failed; "
+          f"{len(checks)} checks, {stored_before_stop} flows collected meanwhile")
     assert failures == [] and len(scrapes) > 500 and set(scrapes) == {200}
     assert checks and all(r.status != "error" for rep in checks for r in rep.results), [
         r.message for rep in checks for r in rep.results if r.status == "error"
