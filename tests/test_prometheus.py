@@ -167,7 +167,12 @@ def test_stage_turns_non_conforming_and_the_alert_follows(pipeline):
         a for a in api(base, "alerts")["alerts"] if a["labels"]["alertname"] == "FlowpipeStageNotConformant"])
     assert {(a["labels"]["cluster"], a["state"]) for a in alerts} == {("cluster2", "pending")}
     # the scraped series, one sample per minute, through `promtool test rules`: the alert fires after its 5m
-    series = api(base, "query_range", query=conformant, start=t0, end=time.time(), step="1s")["result"]
+    def fetch():
+        # the instant query above may see the 0 a moment before a range query ending "now" does
+        got = api(base, "query_range", query=conformant, start=t0, end=time.time() + 1, step="1s")["result"]
+        return got if any(s["values"][0][1] == "1" and s["values"][-1][1] == "0" for s in got) else None
+
+    series = wait_for("the range query to show the change", fetch)
     input_series, n = [], 0
     for s in series:
         values = [str(int(float(v))) for _, v in s["values"]]
