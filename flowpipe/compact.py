@@ -27,6 +27,7 @@ from flowpipe.store import (
 )
 
 HOUR_NS = 3_600_000_000_000
+COMPACT_SUFFIX = "-compact.parquet"  # readers following new files recognise merged ones by it
 TARGET_FILE_BYTES = 256 * 1024 * 1024
 ROW_GROUP = 256 * 1024
 
@@ -102,7 +103,7 @@ def _merge(store: Store, part: Path, files: list[Path], report: CompactReport) -
     written = 0
 
     def new_writer() -> pq.ParquetWriter:
-        name = f"part-{uuid.uuid4().hex[:12]}-compact.parquet"
+        name = f"part-{uuid.uuid4().hex[:12]}{COMPACT_SUFFIX}"
         tmp = store.root / INCOMING / f"{name}.tmp"
         outputs.append((tmp, part / name))
         return pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)

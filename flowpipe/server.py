@@ -18,6 +18,7 @@ from flowpipe import __version__, filters, schema, views
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
 from flowpipe.api.relay import relay_pb2
+from flowpipe.compact import COMPACT_SUFFIX
 from flowpipe.errors import ConfigError, FilterError
 from flowpipe.store import EVENTS, FLOWS, Store
 
@@ -143,6 +144,11 @@ class StoreReader:
     def current_files(self) -> set[str]:
         return {str(p) for kind in (FLOWS, EVENTS) for p in self.store.files(kind)}
 
+    def new_files(self) -> set[str]:
+        """Files committed since the call started. Compaction output is not new: it only holds
+        flows of files that existed before (closed hours), so it counts as history."""
+        return {f for f in self.current_files() - self.known if not f.endswith(COMPACT_SUFFIX)}
+
     def _query(self, sql: str) -> duckdb.DuckDBPyRelation:
         with self.store.read_lock():
             return self.con.sql(sql)
@@ -151,7 +157,7 @@ class StoreReader:
         """History is what was committed before the call; later files are the live part."""
         if files is not None:
             return f"filename IN {_files_sql(files)}"
-        new = self.current_files() - self.known
+        new = self.new_files()
         return f"filename NOT IN {_files_sql(new)}" if new else "TRUE"
 
     def _count(self, cond: str, view: str = "flows_proto_files", files: set[str] | None = None) -> int:
@@ -419,7 +425,7 @@ class ObserverService:
     def _live(self, reader: StoreReader, until: int | None, done: threading.Event) -> Iterator[tuple[int, bytes, bool]]:
         """Flows and lost events from files committed after the call started, batch by batch."""
         while not done.wait(self.poll_interval):
-            new = reader.current_files() - reader.known
+            new = reader.new_files()
             if not new:
                 continue
             reader.known |= new

@@ -143,6 +143,25 @@ def test_follow_delivers_flows_committed_after_the_call(served):
         last_two.close()
 
 
+def test_follow_is_not_fooled_by_compaction(served):
+    """Compaction rewrites closed hours into new files: a follow stream must not send them again."""
+    from flowpipe import compact
+
+    stub, store = served
+    follower = Follower(stub, Req(follow=True, number=40))
+    follower.wait_for(40)
+    report = compact.compact(store, now=(T0 + 3 * 3600) * NS, min_files=1)  # the hour is long closed
+    assert report.merged_files >= 2
+    write_responses(store, [_resp(i) for i in range(40, 42)], cluster="c1")
+    follower.wait_for(42)
+    time.sleep(0.5)
+    try:
+        assert sorted(follower.ids()) == list(range(42))  # every flow once, the merged ones not again
+    finally:
+        follower.close()
+    assert sorted(ids(stub, number=100)) == list(range(42))  # history after compaction: complete
+
+
 def test_follow_since_and_until_end_the_stream(served):
     stub, store = served
     f = Follower(stub, Req(follow=True, since=_ts(38), until=_ts(41)))
