@@ -253,3 +253,20 @@ def test_sigkill_and_restart_lose_nothing(store):
     assert len(got) == 20000 and len({f.uuid for f in got}) == 20000
     assert not list((store.root / ".incoming").glob("*.tmp")) or True  # a killed writer may leave one; never in the glob
     assert all(p.suffix == ".parquet" for p in store.files())
+
+
+def test_server_side_allow_and_deny_filters(store):
+    from flowpipe.config import parse_filters
+
+    sent = make_responses(300, seed=81)  # pods frontend-0/1/2, every 7th flow DROPPED
+    with ReplayServer(responses=sent, follow=True) as relay:
+        cfg = config(("c1", relay.address))
+        # the shape `hubble observe --print-raw-filters` prints
+        cfg.relays[0].allow = parse_filters('allowlist:\n- \'{"source_pod":["shop/frontend-1"]}\'\n', "--allow")
+        cfg.relays[0].deny = parse_filters('[{"verdict":["DROPPED"]}]', "--deny")
+        want = [r.flow.uuid for r in sent if r.flow.source.pod_name == "frontend-1" and r.flow.verdict != 2]
+        with Running(cfg, store) as run:
+            wait_for(lambda: stored_count(run, "c1") == len(want), what="filtered flows")
+            time.sleep(0.5)
+            run.stop()
+    assert sorted(f.uuid for f in stored(store)) == sorted(want)
