@@ -65,6 +65,12 @@ def main() -> None:
 
     Collect flows from Hubble Relay into a Parquet store, check policy stages with SQL
     rules, and export conformance as Prometheus metrics.
+
+    Example:
+
+    \b
+        flowpipe collect --store ./store --plaintext --relay cluster1=localhost:4245
+        flowpipe check stage5.sql --store ./store --since 15m
     """
 
 
