@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry
 
-from flowpipe import schema, views
+from flowpipe import schema
 from flowpipe.config import CollectConfig, RelayConfig, parse_duration
 from flowpipe.dedup import Deduper
 from flowpipe.errors import FlowpipeError, StoreError
@@ -92,7 +94,7 @@ class Collector:
 
     def _prepare(self) -> None:
         self.store.ensure()
-        views.write_database(self.store)
+        _write_database(self.store)
         if n := self.store.clean_incoming():
             log.info("removed %d temporary files left by an interrupted writer", n)
 
@@ -426,3 +428,13 @@ def _fmt_ns(ns: int) -> str:
     from datetime import datetime
 
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _write_database(store: Store) -> None:
+    """Refresh <store>/flowpipe.duckdb in a short-lived process: DuckDB stays out of the
+    collector's memory (about 50 MB of a long-running process)."""
+    code = "import sys; from flowpipe import store, views; views.write_database(store.Store(sys.argv[1]))"
+    res = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True, text=True)
+    if res.returncode != 0:
+        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+        raise StoreError(lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb")
