@@ -4,9 +4,10 @@ Built once and cached under $FLOWPIPE_BENCH_DIR (default /tmp/flowpipe-bench)/st
 - the flows come from bench/mix.py (a busy mesh), decoded once as templates; every stored flow
   is a template with its own uuid and time, spread evenly over SPAN_S seconds per cluster;
 - the lab's stage-5 traffic (lab.generate_lab(5)) is inside, 10 minutes before the end;
-- files are written as collect writes them (store.write, one file per 2 s flush per cluster),
-  then flowpipe.compact.compact runs as the collector does, so closed hours are compacted and
-  the last (open) hour keeps its many small files.
+- files are written as collect writes them (store.write, one file per 2 s flush per cluster,
+  dated by mtime when that flush would have been committed), then flowpipe.compact.compact runs
+  as the collector's does at the end: closed hours become a few large files, and the open hour's
+  settled files are merged level by level (the last 30 s of commits stay as they are).
 `dump_jsonpb(n)` writes the same flows as `hubble observe -o jsonpb` lines, one file per cluster.
 """
 
@@ -37,7 +38,8 @@ import mix  # noqa: E402
 from flowpipe import compact, hubble_format, lab, schema  # noqa: E402
 from flowpipe.store import Store  # noqa: E402
 
-VERSION = 1  # bump when the layout or the content changes: cached stores are rebuilt
+VERSION = 1  # bump when the content changes: cached templates and stores are rebuilt
+LAYOUT = 2  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
 BASE = Path(os.environ.get("FLOWPIPE_BENCH_DIR", "/tmp/flowpipe-bench"))
 CLUSTERS = ("cluster1", "cluster2")
 SPAN_S = 3 * 3600  # flows cover the last 3 hours before the end
@@ -69,6 +71,7 @@ class Meta:
     build_s: float = 0.0
     write_s: float = 0.0
     compact_s: float = 0.0
+    layout: int = 0
 
     @property
     def total(self) -> int:
@@ -84,7 +87,7 @@ def load_meta(root: Path) -> Meta | None:
         data = json.loads((root / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    if data.get("version") != VERSION:
+    if data.get("version") != VERSION or data.get("layout") != LAYOUT:
         return None
     return Meta(**data)
 
@@ -199,9 +202,12 @@ def _lab_table(responses: list) -> pa.Table:
     return schema.to_storage(flows)
 
 
-def _write_cluster(root: str, meta: Meta, cluster: str) -> int:
-    """Write one cluster's flushes with store.write (run in a worker process)."""
-    store = Store(root)
+def _write_cluster(root: str, meta: Meta, cluster: str) -> tuple[float, float, str]:
+    """Write one cluster's flushes with store.write into its own store under root, then compact it
+    as the collector would at the end (a worker process; clusters do not share files)."""
+    store = Store(Path(root) / cluster)
+    store.ensure()
+    started = time.monotonic()
     tmpl = templates(meta.templates, meta.seed)
     tmpl = tmpl.filter(pc.equal(tmpl.column("_cluster"), cluster)).drop_columns(["_cluster"])
     k = tmpl.num_rows
@@ -210,10 +216,9 @@ def _write_cluster(root: str, meta: Meta, cluster: str) -> int:
     ti = tmpl.schema.get_field_index("time")
     ui = tmpl.schema.get_field_index("_uuid")
     ttype = tmpl.schema.field("time").type
-    files = 0
     for c in chunks(meta, cluster):
-        idx = pa.array([i % k for i in range(c.lo, c.hi)], pa.int64())
-        part = tmpl.take(idx)
+        a, m = c.lo % k, c.hi - c.lo  # templates a, a+1, ... (wrapping around): slices, no copy
+        part = pa.concat_tables([tmpl.slice(a, m)] + ([tmpl.slice(0, a + m - k)] if a + m > k else []))
         part = part.set_column(ti, "time", pa.array(c.times, pa.int64()).cast(ttype))
         ids = pa.Array.from_buffers(pa.binary(16), c.hi - c.lo, [None, pa.py_buffer(c.uuids)])
         part = part.set_column(ui, "_uuid", pa.ExtensionArray.from_storage(schema.UUID_TYPE, ids))
@@ -221,8 +226,11 @@ def _write_cluster(root: str, meta: Meta, cluster: str) -> int:
         if b > a:
             part = pa.concat_tables([part, lab_t.slice(a, b - a).select(part.column_names).cast(part.schema)])
         if part.num_rows:
-            files += len(store.write(cluster, part, None).files)
-    return files
+            for f in store.write(cluster, part, None).files:
+                os.utime(f, ns=(c.t_hi, c.t_hi))  # committed at the end of its flush
+    written = time.monotonic()
+    report = compact.compact(store, now=meta.end_ns)
+    return written - started, time.monotonic() - written, report.summary()
 
 
 def build(n: int, *, seed: int = 1, k: int = TEMPLATES, force: bool = False) -> tuple[Store, Meta]:
@@ -234,28 +242,34 @@ def build(n: int, *, seed: int = 1, k: int = TEMPLATES, force: bool = False) -> 
     k = min(k, max(n, 1))
     templates(k, seed)  # once, before the workers fork
     meta = _plan(n, seed, k)
+    meta.layout = LAYOUT
     labs = _lab(meta)
     meta.lab_flows = sum(len(v) for v in labs.values())
     lab_times = [r.flow.time.seconds * SEC + r.flow.time.nanos for v in labs.values() for r in v]
     meta.lab_start_ns, meta.lab_end_ns = min(lab_times), max(lab_times)
     tmp_root = root.with_name(root.name + ".building")
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
-    Store(tmp_root).ensure()
+    parts = root.with_name(root.name + ".parts")
+    for d in (tmp_root, parts, root):
+        shutil.rmtree(d, ignore_errors=True)
+    store = Store(tmp_root)
+    store.ensure()
     started = time.monotonic()
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(min(len(meta.clusters), os.cpu_count() or 1)) as pool:
-        meta.files = sum(pool.starmap(_write_cluster, [(str(tmp_root), meta, c) for c in meta.clusters]))
-    meta.write_s = round(time.monotonic() - started, 1)
-    t0 = time.monotonic()
-    report = compact.compact(Store(tmp_root), now=meta.end_ns)
-    meta.compact_s = round(time.monotonic() - t0, 1)
+        done = pool.starmap(_write_cluster, [(str(parts), meta, c) for c in meta.clusters])
+    for c in meta.clusters:
+        for kind in ("flows", "events"):
+            src = parts / c / kind / f"cluster={c}"
+            if src.exists():
+                os.rename(src, tmp_root / kind / f"cluster={c}")
+    shutil.rmtree(parts)
+    meta.write_s = round(max(w for w, _, _ in done), 1)
+    meta.compact_s = round(max(c for _, c, _ in done), 1)
     meta.build_s = round(time.monotonic() - started, 1)
-    store = Store(tmp_root)
     meta.files = len(store.files())
     meta.bytes = sum(p.stat().st_size for p in store.files())
-    print(f"bigstore: wrote {n:,} + {meta.lab_flows} lab flows in {meta.write_s}s, {report.summary()} "
-          f"in {meta.compact_s}s", flush=True)
+    for c, (w, cs, summary) in zip(meta.clusters, done):
+        print(f"bigstore: {c}: written in {w:.0f}s, compacted in {cs:.0f}s: {summary}", flush=True)
     (tmp_root / "meta.json").write_text(json.dumps(asdict(meta), indent=1) + "\n")
     os.replace(tmp_root, root)
     return Store(root), meta

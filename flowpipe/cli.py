@@ -207,7 +207,7 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
 @click.option("--grace", default="2m", show_default=True, help="Leave hours that ended less than this ago.")
 @handle_errors
 def compact(store_path: str | None, keep: str | None, grace: str) -> None:
-    """Merge the small files of closed hours into large ones, and apply retention.
+    """Merge small files (closed hours into large ones, open hours 16 at a time), and apply retention.
 
     Safe while collect writes and queries run: files are swapped atomically.
 

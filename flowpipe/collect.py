@@ -89,6 +89,7 @@ class Collector:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.fatal: str | None = None
+        self._compactor: threading.Thread | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -389,6 +390,8 @@ class Collector:
         for st in self.clusters.values():
             if st.thread:
                 st.thread.join(timeout=5)
+        if self._compactor is not None:
+            self._compactor.join()  # it saw the stop and dropped any unfinished merge
         unstored = 0
         for st in self.clusters.values():
             failures = st.failures
@@ -414,10 +417,18 @@ class Collector:
         log.info("progress: %s", "; ".join(parts))
 
     def _compact(self) -> None:
+        """Start a compaction in the background unless one still runs (merges take seconds
+        to minutes; commits must not wait for them)."""
+        if self._compactor is not None and self._compactor.is_alive():
+            return
+        self._compactor = threading.Thread(target=self._run_compaction, name="compact", daemon=True)
+        self._compactor.start()
+
+    def _run_compaction(self) -> None:
         from flowpipe import compact
 
         try:
-            report = compact.compact(self.store, keep=self.cfg.keep)
+            report = compact.compact(self.store, keep=self.cfg.keep, stop=self._stop, wait=False)
             if report.merged_files or report.removed_partitions:
                 log.info("compaction: %s", report.summary())
         except FlowpipeError as exc:

@@ -82,7 +82,7 @@ class CollectConfig:
     resume_overlap: float = 10.0  # ask Relay for this much before the last stored flow
     since: str | None = None  # first start, no stored flows: how far back to ask (None = all Relay holds)
     metrics_listen: str | None = None
-    compact_every: float = 600.0  # run compaction of closed hours this often (0 = never)
+    compact_every: float = 60.0  # run compaction (closed hours, open hours' small files) this often (0 = never)
     keep: float | None = None  # retention in seconds (None = keep everything)
     progress_every: float = 5.0
     quiet: bool = False

@@ -91,6 +91,107 @@ def check_expression(expr: str, where: str) -> None:
     _walk(node["select_list"][0], frozenset(), view_names(), where)
 
 
+# Expression node classes that only read the current row: a WHERE made of these filters each row
+# on its own, so it gives the same rows per cluster whether or not other clusters are in the view.
+_ROW_LOCAL = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR", "FUNCTION", "CASE",
+                        "CAST", "BETWEEN", "LAMBDA", "COLLATE"})
+
+
+def row_filter(sql: str) -> tuple[str, str | None] | None:
+    """(view, condition SQL or None) when sql is exactly `SELECT * FROM view [WHERE row-local condition]`.
+
+    The condition is DuckDB's own rendering of the parsed WHERE, so nothing outside it comes along."""
+    try:
+        tree = _tree(sql)
+    except duckdb.Error:
+        return None
+    if tree.get("error") or len(tree.get("statements", [])) != 1:
+        return None
+    node = tree["statements"][0]["node"]
+    star = node.get("select_list") or [{}]
+    src = node.get("from_table") or {}
+    if (
+        node.get("type") != "SELECT_NODE" or len(star) != 1 or star[0].get("class") != "STAR"
+        or star[0].get("relation_name") or star[0].get("columns") or star[0].get("expr")
+        or any(star[0].get(k) for k in ("exclude_list", "replace_list", "qualified_exclude_list", "rename_list"))
+        or any(node.get(k) for k in ("modifiers", "group_expressions", "group_sets", "having", "qualify", "sample"))
+        or (node.get("cte_map") or {}).get("map")
+        or node.get("aggregate_handling", "STANDARD_HANDLING") != "STANDARD_HANDLING"
+        or src.get("type") != "BASE_TABLE" or src.get("alias") or src.get("sample") or src.get("at_clause")
+        or src.get("schema_name") or src.get("catalog_name") or src.get("column_name_alias")
+    ):
+        return None
+    cond = node.get("where_clause")
+    if cond is not None and not _row_local(cond):
+        return None
+    return str(src.get("table_name", "")).lower(), (None if cond is None else _render(cond))
+
+
+def conjuncts(cond: str) -> list[tuple[str, list[str]]]:
+    """The top-level AND terms of a row-local condition: (term SQL, keys), where keys is [term]
+    when the term compares one column with constants (DuckDB filters such a term inside the
+    Parquet scan, before it decodes other columns), the branches when the term is an OR of such
+    comparisons, else []."""
+    tree = _tree(f"SELECT * FROM flows WHERE {cond}")
+    out = []
+    for term in _flatten(tree["statements"][0]["node"]["where_clause"], "CONJUNCTION_AND"):
+        sql = _render(term)
+        if _is_key(term):
+            out.append((sql, [sql]))
+        elif term.get("type") == "CONJUNCTION_OR" and all(_is_key(b) for b in _flatten(term, "CONJUNCTION_OR")):
+            out.append((sql, [_render(b) for b in _flatten(term, "CONJUNCTION_OR")]))
+        else:
+            out.append((sql, []))
+    return out
+
+
+def _flatten(node: dict, kind: str) -> list[dict]:
+    if node.get("class") == "CONJUNCTION" and node.get("type") == kind:
+        return [leaf for child in node["children"] for leaf in _flatten(child, kind)]
+    return [node]
+
+
+def _is_key(node: dict) -> bool:
+    """column = constant, constant = column or column IN (constants)."""
+    if node.get("class") == "COMPARISON" and node.get("type") == "COMPARE_EQUAL":
+        parts = [node.get("left") or {}, node.get("right") or {}]
+    elif node.get("class") == "OPERATOR" and node.get("type") == "COMPARE_IN":
+        parts = node.get("children") or []
+    else:
+        return False
+    cols = [p for p in parts if p.get("class") == "COLUMN_REF" and len(p.get("column_names", [])) == 1]
+    consts = [p for p in parts if p.get("class") == "CONSTANT"]
+    return len(cols) == 1 and len(cols) + len(consts) == len(parts) and (parts[0] is cols[0] or len(parts) == 2)
+
+
+def _row_local(node: Any) -> bool:
+    if isinstance(node, list):
+        return all(_row_local(n) for n in node)
+    if not isinstance(node, dict):
+        return True
+    cls = node.get("class")
+    if cls is not None:
+        if cls not in _ROW_LOCAL:
+            return False
+        if cls == "COLUMN_REF" and len(node.get("column_names", [])) != 1:
+            return False  # qualified (view.column): the combined query reads another relation
+        if cls == "FUNCTION" and (node.get("filter") or node.get("order_bys", {}).get("orders") or node.get("distinct")):
+            return False  # aggregate clauses
+    return all(_row_local(v) for v in node.values() if isinstance(v, (dict, list)))
+
+
+def _render(expr: dict) -> str:
+    """SQL text of one parsed expression (DuckDB's json_deserialize_sql)."""
+    global _parser
+    template = _tree("SELECT 1")
+    template["statements"][0]["node"]["select_list"] = [expr]
+    with _parser_lock:
+        text = _parser.execute("SELECT json_deserialize_sql(?)", [json.dumps(template)]).fetchone()[0]
+    if not text.startswith("SELECT "):
+        raise RuleError(f"cannot render a parsed expression: {text[:80]}")
+    return text[len("SELECT "):]
+
+
 def _walk(node: Any, ctes: frozenset[str], tables: frozenset[str], where: str) -> None:
     if isinstance(node, list):
         for item in node:
@@ -174,6 +275,12 @@ class Sandbox:
             for c in clusters
         }
         readable = sorted({f for per in self.files.values() for fs in per.values() for f in fs})
+        # files of one schema (the usual case) are read without union_by_name, whose schema
+        # reading at every bind costs seconds on stores of thousands of files
+        self.same_schema = frozenset(
+            kind for kind in (FLOWS, EVENTS)
+            if views.same_schema(list(dict.fromkeys(f for per in self.files.values() for f in per[kind])))
+        )
         config = {
             "memory_limit": memory_limit,
             "threads": threads or max(1, min(4, os.cpu_count() or 1)),
@@ -190,6 +297,13 @@ class Sandbox:
             raise ConfigError(f"cannot start DuckDB (--memory-limit {memory_limit!r}?): {_first_line(exc)}") from exc
         try:
             self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET enable_progress_bar = false")  # never drawn over the report
+            # footers are parsed once per check, not once per rule and cluster (a compacted
+            # hour's footer alone can be tens of MB)
+            self.con.execute("SET parquet_metadata_cache = true")
+            # scans skip most row groups' columns (rows filtered inside the scan): fetching
+            # them ahead only costs
+            self.con.execute("SET disable_parquet_prefetching = true")
             # exact files, not directories: a directory grant would also allow writing new files
             self.con.execute(f"SET allowed_paths = [{', '.join(map(_quote, readable))}]")
             self.con.execute("SET enable_external_access = false")
@@ -208,12 +322,25 @@ class Sandbox:
 
     def scope(self, cluster: str) -> None:
         """(Re)define every view over one cluster's rows in the window only."""
-        conds = [f"cluster = {_quote(cluster)}"]
+        self._define([cluster])
+
+    def scope_all(self, only: set[str] | None = None) -> None:
+        """(Re)define every view over the rows of all the sandbox's clusters in the window
+        (for rules evaluated once for every cluster, grouped by the cluster column); only:
+        of those files alone (and the schema files), e.g. the few that hold wanted rows."""
+        self._define(list(self.files), only)
+
+    def _define(self, clusters: list[str], only: set[str] | None = None) -> None:
+        names = ", ".join(map(_quote, clusters))
+        conds = [f"cluster = {names}" if len(clusters) == 1 else f"cluster IN ({names})"]
         if self.since:
             conds += [f"date >= DATE '{self.since:%Y-%m-%d}'", f"time >= {_ts(self.since)}"]
         if self.until:
             conds += [f"date <= DATE '{self.until:%Y-%m-%d}'", f"time <= {_ts(self.until)}"]
-        for stmt in views.view_sql(self.store, files=self.files[cluster], where=" AND ".join(conds)):
+        files = {kind: list(dict.fromkeys(f for c in clusters for f in self.files[c][kind])) for kind in (FLOWS, EVENTS)}
+        if only is not None:
+            files = {kind: [f for i, f in enumerate(fs) if i == 0 or f in only] for kind, fs in files.items()}
+        for stmt in views.view_sql(self.store, files=files, where=" AND ".join(conds), same_schema=self.same_schema):
             # views bind by name at query time: after the first cluster only the readers change
             if not self._scoped or "read_parquet(" in stmt:
                 self.con.execute(stmt)

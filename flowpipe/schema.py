@@ -662,8 +662,10 @@ def flat_columns() -> list[tuple[str, str, str]]:
         ("l7_type", _enum("L7FlowType", "l7.type"), "REQUEST, RESPONSE or SAMPLE"),
         (
             "l7_protocol",
-            "(CASE WHEN l7.http IS NOT NULL THEN 'HTTP' WHEN l7.dns IS NOT NULL THEN 'DNS' "
-            "WHEN l7.kafka IS NOT NULL THEN 'Kafka' END)",
+            # a present record has its plain scalars set (0 by default), so one leaf tells
+            # presence: `l7.http IS NOT NULL` would make DuckDB read every leaf of the record
+            "(CASE WHEN l7.http.code IS NOT NULL THEN 'HTTP' WHEN l7.dns.rcode IS NOT NULL THEN 'DNS' "
+            "WHEN l7.kafka.error_code IS NOT NULL THEN 'Kafka' END)",
             "HTTP, DNS or Kafka",
         ),
         ("l7_latency_ns", "l7.latency_ns", "L7 response latency in nanoseconds"),

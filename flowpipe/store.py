@@ -24,6 +24,7 @@ from flowpipe.errors import StoreError
 FLOWS = "flows"
 EVENTS = "events"
 INCOMING = ".incoming"
+COMPACT_LOCK = ".compact.lock"
 LOCK = ".lock"
 DB_FILE = "flowpipe.duckdb"
 ENV = "FLOWPIPE_STORE"
@@ -112,9 +113,27 @@ class Store:
             if path.exists():
                 continue
             d.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / INCOMING / f"{kind}-schema.tmp"
+            tmp = self.tmp_path(f"{kind}-schema.parquet")
             pq.write_table(sch.empty_table(), tmp)
             os.rename(tmp, path)
+
+    def tmp_path(self, name: str) -> Path:
+        """A temporary file for name under .incoming/, tagged with this process's writer token.
+
+        The token's lock file stays locked while the process lives, so clean_incoming (run by
+        every collector at start) removes only what dead writers left, never a live importer's
+        or compactor's file."""
+        incoming = self.root / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        key = (os.getpid(), str(self.root))
+        token = _TOKENS.get(key)
+        if token is None:
+            token = f"w{uuid.uuid4().hex[:12]}"
+            fd = os.open(incoming / f"{token}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel when the process dies
+            _TOKENS[key] = token
+            _LOCK_FDS.append(fd)
+        return incoming / f"{token}.{name}.tmp"
 
     def glob(self, kind: str = FLOWS) -> str:
         """The DuckDB glob that matches every committed file of kind (never temporary files)."""
@@ -153,6 +172,23 @@ class Store:
         """Exclusive against readers, for the instant compaction swaps files."""
         with self._lock(fcntl.LOCK_EX):
             yield
+
+    @contextlib.contextmanager
+    def compact_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Held by the one compaction of the store; yields False when another holds it and not wait."""
+        try:
+            fd = os.open(self.root / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'locking it for compaction')}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _lock(self, mode: int) -> Iterator[None]:
@@ -234,10 +270,10 @@ class Store:
         final_dir = self.partition_dir(kind, cluster, hour_ns)
         first = pc.min(table.column("time")).value if table.num_rows else 0
         name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = self.root / INCOMING / f"{name}.tmp"
         what = f"writing {final_dir.relative_to(self.root) / name}"
+        tmp = self.root / INCOMING / f"{name}.tmp"
         try:
-            (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
+            tmp = self.tmp_path(name)
             with open(tmp, "wb") as fh:
                 pq.write_table(table, fh, **PARQUET_OPTIONS, row_group_size=256 * 1024)
                 fh.flush()
@@ -250,12 +286,24 @@ class Store:
             raise StoreError(f"store {self.root}: {reason}") from exc
 
     def clean_incoming(self) -> int:
-        """Remove temporary files left by a killed writer; return how many."""
+        """Remove temporary files left by killed writers (never a live writer's); return how many."""
+        incoming = self.root / INCOMING
+        alive: dict[str, bool] = {}
         n = 0
-        for tmp in (self.root / INCOMING).glob("*.tmp"):
+        for tmp in sorted(incoming.glob("*.tmp")):
+            token = tmp.name.split(".", 1)[0]
+            if token not in alive:
+                alive[token] = _locked(incoming / f"{token}.lock")
+            if alive[token]:
+                continue
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 n += 1
+        # a lock file is created just before it is locked: only old unlocked ones are dead
+        for lock in incoming.glob("*.lock"):
+            with contextlib.suppress(OSError):
+                if time.time() - lock.stat().st_mtime > 60 and not _locked(lock):
+                    lock.unlink()
         return n
 
     # -------------------------------------------------------------- reading state
@@ -343,8 +391,7 @@ class StreamWriter:
             final_dir = self.store.partition_dir(kind, self.cluster, hour_ns)
             first = pc.min(part.column("time")).value or 0
             name = f"part-{first:019d}-{uuid.uuid4().hex[:12]}.parquet"
-            tmp = self.store.root / INCOMING / f"{name}.tmp"
-            (self.store.root / INCOMING).mkdir(parents=True, exist_ok=True)
+            tmp = self.store.tmp_path(name)
             writer = pq.ParquetWriter(tmp, part.schema, **PARQUET_OPTIONS)
             self._open[key] = (writer, tmp, final_dir / name)
             if self.opened_at is None:
@@ -383,6 +430,25 @@ class StreamWriter:
         self.flows = self.events = 0
         self.newest_ns = None
         self.opened_at = None
+
+
+_TOKENS: dict[tuple[int, str], str] = {}  # (pid, store root) -> writer token
+_LOCK_FDS: list[int] = []  # held open (and locked) for the life of the process
+
+
+def _locked(lock: Path) -> bool:
+    """True when a live process holds lock (its writer token's lock file)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: a writer from before tokens, or one that is gone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _hour_dirs(cluster_dir: Path) -> list[Path]:

@@ -50,29 +50,37 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _reader(store: Store, kind: str, files: list[str] | None = None) -> str:
+def _reader(store: Store, kind: str, files: list[str] | None = None, union_by_name: bool = True) -> str:
     # files: an explicit list (check's cluster and time window) instead of the store-wide glob
     source = _quote(store.glob(kind)) if files is None else "[" + ", ".join(map(_quote, files)) + "]"
     return (
-        f"read_parquet({source}, hive_partitioning = true, union_by_name = true, "
+        f"read_parquet({source}, hive_partitioning = true, union_by_name = {str(union_by_name).lower()}, "
         "hive_types = {'cluster': VARCHAR, 'date': DATE, 'hour': INTEGER})"
     )
 
 
 def view_sql(
-    store: Store, *, files: dict[str, list[str]] | None = None, where: str | None = None
+    store: Store, *, files: dict[str, list[str]] | None = None, where: str | None = None,
+    same_schema: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Every statement that defines the views and macros, in order (files/where narrow the rows)."""
+    """Every statement that defines the views and macros, in order (files/where narrow the rows).
+
+    same_schema: kinds whose listed files all have the Parquet schema of the first (see
+    `same_schema`): read without union_by_name, which reads every file's schema at every bind."""
     flat = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in schema.flat_columns())
     events = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in schema.event_columns())
     files = files or {}
     cond = f" WHERE {where}" if where else ""  # on stored columns (cluster, date, hour, time)
+
+    def reader(kind: str) -> str:
+        return _reader(store, kind, files.get(kind), union_by_name=not (kind in same_schema and files.get(kind)))
+
     stmts = [
-        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {_reader(store, FLOWS, files.get(FLOWS))}{cond}",
-        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {_reader(store, EVENTS, files.get(EVENTS))}{cond}",
+        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {reader(EVENTS)}{cond}",
         # the same rows plus the file each came from: serve follows newly committed files
-        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT *, filename FROM {_reader(store, FLOWS, files.get(FLOWS))}{cond}",
-        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT *, filename FROM {_reader(store, EVENTS, files.get(EVENTS))}{cond}",
+        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT *, filename FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT *, filename FROM {reader(EVENTS)}{cond}",
         f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]
@@ -83,6 +91,105 @@ def view_sql(
 
     stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in FILTER_MACROS.items()]
     return stmts
+
+
+def same_schema(paths: list[str]) -> bool:
+    """True when every file has byte for byte the Parquet schema of the first (then reading them
+    without union_by_name gives the same columns and rows); False when any differs or is unreadable.
+
+    Reads only the start of each footer: the FileMetaData's version and schema come first."""
+    try:
+        prefixes = []
+        for path in paths:
+            with open(path, "rb") as fh:
+                fh.seek(-8, os.SEEK_END)
+                tail = fh.read(8)
+                if tail[4:] != b"PAR1":
+                    return False
+                length = int.from_bytes(tail[:4], "little")
+                if not prefixes:
+                    fh.seek(-8 - length, os.SEEK_END)
+                    first = fh.read(length)
+                    end = _schema_end(first)
+                    prefixes.append(first[:end])
+                    continue
+                want = prefixes[0]
+                if length < len(want):
+                    return False
+                fh.seek(-8 - length, os.SEEK_END)
+                if fh.read(len(want)) != want:
+                    return False
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _schema_end(meta: bytes) -> int:
+    """Offset just past FileMetaData fields 1 (version) and 2 (schema) in thrift compact encoding."""
+    pos = fid = 0
+    while True:
+        head = meta[pos]
+        if head == 0:
+            return pos
+        if not head >> 4:
+            raise ValueError("long-form thrift field header")  # never written for fields 1-3
+        fid += head >> 4
+        if fid > 2:
+            return pos
+        pos = _skip(meta, pos + 1, head & 0x0F)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _skip(buf: bytes, pos: int, kind: int) -> int:
+    """Position after one thrift compact value of type kind starting at pos."""
+    if kind in (1, 2):  # booleans in a field header
+        return pos
+    if kind == 3:  # byte
+        return pos + 1
+    if kind in (4, 5, 6):  # zigzag varints
+        return _varint(buf, pos)[1]
+    if kind == 7:  # double
+        return pos + 8
+    if kind == 8:  # binary
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if kind in (9, 10):  # list, set
+        head = buf[pos]
+        pos += 1
+        n, elem = head >> 4, head & 0x0F
+        if n == 15:
+            n, pos = _varint(buf, pos)
+        for _ in range(n):
+            pos = pos + 1 if elem in (1, 2) else _skip(buf, pos, elem)
+        return pos
+    if kind == 11:  # map
+        n, pos = _varint(buf, pos)
+        if n:
+            types = buf[pos]
+            pos += 1
+            for _ in range(n):
+                pos = _skip(buf, _skip(buf, pos, types >> 4), types & 0x0F)
+        return pos
+    if kind == 12:  # struct
+        while True:
+            head = buf[pos]
+            pos += 1
+            if head == 0:
+                return pos
+            if not head >> 4:  # long form: zigzag i16 field id follows
+                pos = _varint(buf, pos)[1]
+            pos = _skip(buf, pos, head & 0x0F)
+    raise ValueError(f"thrift type {kind}")
 
 
 def build_views(con: duckdb.DuckDBPyConnection, store: Store) -> None:
@@ -106,8 +213,9 @@ def connect(store: Store, *, memory_limit: str | None = None, threads: int | Non
 def write_database(store: Store) -> Path:
     """(Re)write <store>/flowpipe.duckdb with the same views, atomically; nothing keeps it open."""
     final = store.root / DB_FILE
-    tmp = store.root / INCOMING / f"db-{uuid.uuid4().hex[:8]}.duckdb"
+    tmp = store.root / INCOMING / "db-not-created.duckdb"
     try:
+        tmp = store.tmp_path(f"db-{uuid.uuid4().hex[:8]}.duckdb")
         con = duckdb.connect(str(tmp))
         try:
             build_views(con, store)

@@ -142,3 +142,26 @@ def test_recent_window_like_the_guide_uses(tmp_path: Path):
     assert check.run_check(store, ["stage5.sql"], since="15m").passed()
     late = check.run_check(store, ["stage5.sql"], since="1m")  # the lab's traffic is older: no evidence
     assert not late.passed() and all(r.violations == 0 for r in late.results)
+
+
+def _outcome(rep: check.CheckReport) -> list[tuple]:
+    return [(r.rule, r.cluster, r.status, r.evidence, r.violations, r.message, len(r.samples),
+             [s.get("time") for s in r.samples]) for r in rep.results]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+def test_one_scan_evaluation_equals_rule_by_rule(stores, stage: int, monkeypatch):
+    """check reads rules that filter one view in shared scans; the result must be exactly
+    what evaluating each rule on its own per cluster gives, on every lab store."""
+    for key, store in sorted(stores.items(), key=str):
+        together = check.run_check(store, [f"stage{stage}.sql"], clusters=list(CLUSTERS), samples=3)
+        with monkeypatch.context() as m:
+            m.setattr(check, "_evaluate_together", lambda *a, **k: {})
+            alone = check.run_check(store, [f"stage{stage}.sql"], clusters=list(CLUSTERS), samples=3)
+        assert _outcome(together) == _outcome(alone), key
+    # the shared path was taken (it is the one this test is about)
+    seen = []
+    real = check._evaluate_together
+    monkeypatch.setattr(check, "_evaluate_together", lambda *a, **k: seen.append(1) or real(*a, **k))
+    check.run_check(stores[(stage, None)], [f"stage{stage}.sql"], clusters=list(CLUSTERS))
+    assert seen

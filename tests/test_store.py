@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -48,7 +49,7 @@ def test_write_partitions_by_cluster_and_hour(store):
     assert len(result.files) == 2
     assert all("cluster=cluster1" in str(p) and "hour=" in str(p) for p in result.files)
     assert sum(pq.read_metadata(p).num_rows for p in result.files) == 100
-    assert not list((store.root / ".incoming").glob("*"))
+    assert not list((store.root / ".incoming").glob("*.tmp"))
     assert store.clusters() == ["cluster1"]
     back = []
     for p in sorted(result.files):
@@ -98,6 +99,56 @@ def test_stage_then_discard_publishes_nothing(store):
 def test_clean_incoming_removes_leftovers(store):
     (store.root / ".incoming" / "part-x.parquet.tmp").write_bytes(b"half a file")
     assert store.clean_incoming() == 1
+
+
+_HOLD = """
+import sys, time
+from flowpipe.store import Store
+tmp = Store(sys.argv[1]).tmp_path("part-1.parquet")
+tmp.write_bytes(b"being written")
+print(tmp, flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_clean_incoming_spares_a_live_writer_and_removes_a_dead_ones(store):
+    """A collector starting while `import` or `compact` writes must not delete their files."""
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", _HOLD, str(store.root), "60"], stdout=subprocess.PIPE, text=True)
+    dead = subprocess.run([sys.executable, "-c", _HOLD, str(store.root), "0"], stdout=subprocess.PIPE, text=True, check=True)
+    try:
+        live_tmp = Path(live.stdout.readline().strip())
+        dead_tmp = Path(dead.stdout.strip())
+        assert live_tmp.exists() and dead_tmp.exists() and live_tmp.name != dead_tmp.name
+        assert store.clean_incoming() == 1
+        assert live_tmp.exists() and not dead_tmp.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert store.clean_incoming() == 1 and not live_tmp.exists()
+
+
+def test_ensure_and_writes_from_many_processes_never_collide(tmp_path):
+    """Concurrent writers (collect, import, compact) share .incoming/ without clashing names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from flowpipe.store import Store; from tests.test_store import make_flows; "
+        "from flowpipe import schema\n"
+        "s = Store(sys.argv[1]); s.ensure()\n"
+        "for i in range(5):\n"
+        "    s.write('c1', schema.to_storage(make_flows(50, 1_700_000_000_000_000_000 + i)[1]))\n"
+        "    s.clean_incoming()\n"
+    )
+    root = tmp_path / "s"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent) for _ in range(4)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errs
+    assert sum(pq.read_metadata(f).num_rows for f in Store(root).files()) == 4 * 5 * 50
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a/b", "a b", "x" * 64, "_schema"])
