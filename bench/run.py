@@ -20,6 +20,9 @@ BENCHMARKS = [
     ("storage", "storage.py", ["--flows", "1000000"], ["--flows", "120000", "--verify", "5000"], 1200),
     ("collect_rss", "collect_throughput.py", ["--rss", "--rate", "30000", "--duration", "300"],
      ["--rss", "--rate", "30000", "--duration", "60"], 900),
+    # a big store is built once and cached (bench/bigstore.py: ~4 min for 1M, ~9 min for 10M)
+    ("check_speed", "check_speed.py", [], ["--flows", "1000000", "--no-jq", "--repeat", "1"], 5400),
+    ("serve_speed", "serve_speed.py", [], ["--flows", "1000000", "--max-seconds", "20"], 1800),
 ]
 
 
@@ -61,6 +64,21 @@ def summary(name: str, r: dict) -> list[tuple[str, str, str]]:
     if name == "collect_rss":
         return [(f"RSS, {r['rate']:,}/s for {r['duration_s']:.0f}s",
                  f"{r['rss_steady_min_mb']}..{r['rss_steady_max_mb']} MB (peak {r['peak_rss_mb']})", "<= 250 MB")]
+    if name == "check_speed":
+        rows = []
+        for n, st in sorted(r["stores"].items(), key=lambda kv: int(kv[0])):
+            s5 = st["check_s"].get("stage5.sql")
+            others = ", ".join(f"{k.split('.')[0][-1]}: {v:.2f}" for k, v in st["check_s"].items()
+                               if k != "stage5.sql" and "since" not in k)
+            if s5 is not None:
+                ratio = f", {st['ratio']:,}x jq" if st.get("ratio") else ""
+                rows.append((f"check stage 5 over {int(n):,} flows", f"{s5:.2f} s{ratio}", "< 3 s, >= 100x jq (10M)"))
+            if others:
+                rows.append((f"check stages over {int(n):,} flows", f"{others} s", ""))
+        return rows
+    if name == "serve_speed":
+        return [(f"serve --since {q['since']} filter {q['filter']} ({r['flows']:,} stored)",
+                 f"first flow {q['first_s']} s, {q['flows_per_s']:,} flows/s", "") for q in r["results"]]
     return []
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowpipe.errors import StoreError
@@ -179,8 +180,10 @@ def _merge(
     written = 0
     pending: list[pa.Table] = []
 
-    def new_writer() -> pq.ParquetWriter:
-        name = f"part-{uuid.uuid4().hex[:12]}{tag}{COMPACT_SUFFIX}"
+    def new_writer(first_ns: int) -> pq.ParquetWriter:
+        # named like committed files, by their first flow's time: files sort, and merge, in
+        # time order, so row groups stay narrow in time and queries skip most of them
+        name = f"part-{first_ns:019d}-{uuid.uuid4().hex[:12]}{tag}{COMPACT_SUFFIX}"
         tmp = store.tmp_path(name)
         outputs.append((tmp, part / name))
         return pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)
@@ -199,7 +202,8 @@ def _merge(
         if writer is None or written >= TARGET_FILE_BYTES:
             if writer is not None:
                 writer.close()
-            writer = new_writer()
+            first = pc.min(table.column("time")).value if "time" in table.column_names else None
+            writer = new_writer(max(first or 0, 0))
             written = 0
         writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP)
         written += table.slice(0, cut).nbytes // 4  # compressed size is not known until close; ~4x is typical

@@ -57,3 +57,31 @@ def test_database_file_opens_in_duckdb(store):
     con.close()
     # nothing keeps it open: it can be replaced while a reader had it open before
     views.write_database(store)
+
+
+def test_same_schema_compares_footers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flowpipe.store import PARQUET_OPTIONS
+
+    base = pa.table({"a": pa.array([1, 2], pa.int64()), "b": pa.array([{"x": "s"}, None], pa.struct([("x", pa.string())]))})
+    paths = []
+    for i, table in enumerate([base, base.slice(1), base.slice(0, 1)]):
+        paths.append(str(tmp_path / f"same-{i}.parquet"))
+        pq.write_table(table, paths[-1], **PARQUET_OPTIONS)
+    assert views.same_schema(paths)  # other rows and row counts, the same schema
+    wider = str(tmp_path / "wider.parquet")
+    pq.write_table(base.append_column("c", pa.array([True, False])), wider, **PARQUET_OPTIONS)
+    renamed = str(tmp_path / "renamed.parquet")
+    pq.write_table(base.rename_columns(["a", "B"]), renamed, **PARQUET_OPTIONS)
+    retyped = str(tmp_path / "retyped.parquet")
+    pq.write_table(base.set_column(0, "a", pa.array([1, 2], pa.int32())), retyped, **PARQUET_OPTIONS)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    for other in (wider, renamed, retyped, str(broken), str(tmp_path / "missing.parquet")):
+        assert not views.same_schema([paths[0], other]), other
+    # and DuckDB agrees: the files it would read without union_by_name give the same rows
+    con = duckdb.connect()
+    got = con.execute(f"SELECT count(*) FROM read_parquet({paths})").fetchone()
+    assert got == (4,)
