@@ -39,7 +39,7 @@ from flowpipe import compact, hubble_format, lab, schema  # noqa: E402
 from flowpipe.store import Store  # noqa: E402
 
 VERSION = 1  # bump when the content changes: cached templates and stores are rebuilt
-LAYOUT = 3  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
+LAYOUT = 4  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
 BASE = Path(os.environ.get("FLOWPIPE_BENCH_DIR", "/tmp/flowpipe-bench"))
 CLUSTERS = ("cluster1", "cluster2")
 SPAN_S = 3 * 3600  # flows cover the last 3 hours before the end

@@ -31,7 +31,7 @@ from flowpipe.store import (
 HOUR_NS = 3_600_000_000_000
 COMPACT_SUFFIX = "-compact.parquet"  # readers following new files recognise merged ones by it
 TARGET_FILE_BYTES = 256 * 1024 * 1024
-ROW_GROUP = 128 * 1024  # rows; larger groups cost the merge memory and gain scans little
+ROW_GROUP = 32 * 1024  # rows (~50 MB of Arrow for typical flows): the merge holds one or two in memory
 FANOUT = 16  # files of one level merged into one of the next, in open hours
 FINAL = 1_000  # level of a closed hour's merged files
 SETTLE_S = 30.0  # seconds a committed file waits before an open hour's merge may take it
@@ -213,12 +213,14 @@ def _merge(
             if stop is not None and stop.is_set():
                 raise _Stopped
             report.bytes_before += f.stat().st_size
-            table = pq.read_table(f)
-            for col in schema.names:
-                if col not in table.column_names:
-                    table = table.append_column(col, pa.nulls(table.num_rows, schema.field(col).type))
-            pending.append(table.select(schema.names).cast(schema))
-            flush()
+            source = pq.ParquetFile(f)
+            for i in range(source.num_row_groups):  # a row group at a time: memory stays bounded
+                table = source.read_row_group(i)
+                for col in schema.names:
+                    if col not in table.column_names:
+                        table = table.append_column(col, pa.nulls(table.num_rows, schema.field(col).type))
+                pending.append(table.select(schema.names).cast(schema))
+                flush()
         flush(final=True)
         if writer is not None:
             writer.close()

@@ -23,6 +23,7 @@ from flowpipe.errors import ConfigError, FilterError
 from flowpipe.store import EVENTS, FLOWS, Store
 
 VERSION = f"flowpipe {__version__}"
+JUMP = 256  # an empty window looks for the next match this many window widths ahead
 PAGE = 10_000  # flows per query and per reconstruction batch (a query costs ~0.1-0.3 s however few it returns)
 MIN_NS, MAX_NS = -9_000_000_000_000_000_000, 9_200_000_000_000_000_000  # inside DuckDB's TIMESTAMP_NS
 SECOND = 1_000_000_000
@@ -164,12 +165,13 @@ class StoreReader:
         with self.store.read_lock():
             return self.con.sql(f"SELECT count(*) FROM {view} WHERE {cond} AND {self._scope(files)}").fetchall()[0][0]
 
-    def next_time(self, t: int, files: set[str] | None) -> int | None:
-        """Time of the first flow (matching or not) at or after t: skips gaps without empty windows."""
+    def next_match(self, t: int, until: int, files: set[str] | None) -> int | None:
+        """Time of the first matching flow with t <= time <= until: skips gaps without empty windows."""
         with self.store.read_lock():
             row = self.con.sql(
                 f"SELECT epoch_ns(min(time)) FROM flows_proto_files WHERE time >= {_ts_sql(t)} "
-                f"AND date >= {_date_sql(t)} AND {self._scope(files)}"
+                f"AND time <= {_ts_sql(until)} AND date >= {_date_sql(t)} AND date <= {_date_sql(until)} "
+                f"AND {self._scope(files)} AND {self.where}"
             ).fetchall()[0]
         return row[0]
 
@@ -276,10 +278,13 @@ def read_range(reader: StoreReader, start: Key | int, end: int, limit: int | Non
             covered, lo = hi - 1, hi
             # few rows: a selective filter; none: grow faster (each window costs a query)
             width = min(width * (2 if rows else 4), MAX_NS // 4)
-            if not rows and lo <= end:  # jump over a gap instead of stepping through it
-                nxt = reader.next_time(lo, files)
-                if nxt is None or nxt > end:
-                    covered, lo = end, end + 1
+            if not rows and lo <= end:
+                # jump to the next matching flow instead of stepping through a gap (a quiet
+                # time, or a selective filter); one narrow query looks up to JUMP windows ahead
+                horizon = min(end, lo + JUMP * width)
+                nxt = reader.next_match(lo, horizon, files)
+                if nxt is None:
+                    covered, lo = horizon, horizon + 1
                 elif nxt > lo:
                     covered, lo = nxt - 1, nxt
         lost = reader.lost_events(lost_lo, covered, files) if reader.has_lost and covered >= lost_lo else []
