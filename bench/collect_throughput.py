@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from common import Peer, cpu_seconds, free_port, load_note, mb, proc_status, save_result, templates
 
+from flowpipe import compact
+
 METRIC_RE = re.compile(
     r'^flowpipe_collector_(flows_stored_total|flows_received_total|relay_connected)\{cluster="([^"]+)"\} (\S+)$', re.M
 )
@@ -32,7 +34,7 @@ def collector_cmd(store: Path, relays: list[str], metrics: str, *, flush_rows: i
     else:  # an experiment knob: how much of the collector's time is GIL hand-over between threads
         prelude = f"import sys; sys.setswitchinterval({switch_interval}); from flowpipe.cli import main; main()"
         base = [sys.executable, "-c", prelude]
-    cmd = base + ["collect", "--plaintext", "--store", str(store), "--quiet", "--metrics-listen", metrics]
+    cmd = base + ["collect", "--plaintext", "--store", str(store), "--metrics-listen", metrics]  # logs to collect.log
     if flush_rows:
         cmd += ["--flush-rows", str(flush_rows)]
     if config:
@@ -207,6 +209,10 @@ def rss_run(args: argparse.Namespace, workdir: Path) -> dict:
         code, cpu = run.stop()
     if not samples:
         raise SystemExit("collect_throughput: the collector died before the first sample")
+    # the collector compacts in the background (every 60 s): what it left shows it did, within the RSS above
+    files = [p for p in (run.store / "flows").glob("cluster=*/*/*/*.parquet") if "_schema" not in str(p)]
+    merged = sum(p.name.endswith(compact.COMPACT_SUFFIX) for p in files)
+    print(f"rss: store holds {len(files)} files ({merged} made by the collector's compaction)", flush=True)
     steady = [s for s in samples if s[0] >= min(60.0, args.duration / 2)] or samples
     lo, hi = min(s[2] for s in steady), max(s[2] for s in steady)
     out = {
@@ -219,6 +225,8 @@ def rss_run(args: argparse.Namespace, workdir: Path) -> dict:
         "peak_rss_mb": round(run.peak_rss / 1e6, 1),
         "cpu_us_per_flow": round(cpu / max(samples[-1][1], 1) * 1e6, 1),
         "exit_code": code,
+        "files": len(files),
+        "merged_files": merged,
         **knobs(args),
     }
     print(f"rss: {samples[-1][1]:,} flows offered at {rate:,.0f}/s, {out['flows_per_s']:,}/s stored, "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -205,8 +207,10 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
 @store_option
 @click.option("--keep", help="Remove hour partitions older than this, e.g. 7d.")
 @click.option("--grace", default="2m", show_default=True, help="Leave hours that ended less than this ago.")
+@click.option("--settle", default="30s", show_default=True, help="Open hours: merge only files committed longer ago than this.")
+@click.option("--no-wait", is_flag=True, help="Do nothing if another compaction of the store is running.")
 @handle_errors
-def compact(store_path: str | None, keep: str | None, grace: str) -> None:
+def compact(store_path: str | None, keep: str | None, grace: str, settle: str, no_wait: bool) -> None:
     """Merge small files (closed hours into large ones, open hours 16 at a time), and apply retention.
 
     Safe while collect writes and queries run: files are swapped atomically.
@@ -219,10 +223,16 @@ def compact(store_path: str | None, keep: str | None, grace: str) -> None:
     from flowpipe.config import parse_duration
 
     store = open_store(store_path)
+    stop = threading.Event()  # SIGTERM/SIGINT: drop the unfinished merge, keep what is swapped
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     report = compact_mod.compact(
         store,
         keep=parse_duration(keep, "--keep") if keep else None,
         grace_s=parse_duration(grace, "--grace"),
+        settle_s=parse_duration(settle, "--settle"),
+        wait=not no_wait,
+        stop=stop,
     )
     click.echo(report.summary())
 

@@ -83,6 +83,7 @@ class CollectConfig:
     since: str | None = None  # first start, no stored flows: how far back to ask (None = all Relay holds)
     metrics_listen: str | None = None
     compact_every: float = 60.0  # run compaction (closed hours, open hours' small files) this often (0 = never)
+    compact_settle: float = 30.0  # open hours: committed files wait this long before a merge takes them
     keep: float | None = None  # retention in seconds (None = keep everything)
     progress_every: float = 5.0
     quiet: bool = False
@@ -145,6 +146,7 @@ _DURATIONS = {
     "backoff_max",
     "resume_overlap",
     "compact_every",
+    "compact_settle",
     "keep",
     "progress_every",
 }

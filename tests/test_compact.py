@@ -134,3 +134,18 @@ def test_compaction_failure_leaves_sources(store, monkeypatch):
         compact.compact(store, now=T0 + 2 * HOUR)
     assert store.files() == before
     assert not list((store.root / ".incoming").glob("*.tmp"))
+
+
+def test_cli_no_wait_skips_while_another_compaction_runs(store):
+    import subprocess
+    import sys
+
+    fill(store, 3, T0)
+    cmd = [sys.executable, "-m", "flowpipe.cli", "compact", "--store", str(store.root), "--no-wait"]
+    with store.compact_lock() as mine:
+        assert mine
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and "another compaction" in res.stdout, res
+        assert len(store.files()) == 3
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "merged 3 files into 1" in res.stdout, res
