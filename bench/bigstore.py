@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -279,15 +278,7 @@ def build(n: int, *, seed: int = 1, k: int = TEMPLATES, force: bool = False) -> 
 
 
 def _ts(ns: int) -> str:
-    seconds, nanos = divmod(ns, SEC)
-    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if nanos == 0:
-        return base + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{base}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1000 == 0:
-        return f"{base}.{nanos // 1000:06d}Z"
-    return f"{base}.{nanos:09d}Z"
+    return hubble_format.rfc3339(*divmod(ns, SEC))
 
 
 def dump_jsonpb(n: int, *, seed: int = 1) -> dict[str, Path]:

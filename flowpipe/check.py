@@ -437,12 +437,8 @@ def _samples_together(
         started = time.monotonic()
         try:  # a failure here is reported as _evaluate reports it
             res.samples = _samples(sb, rule, k, timeout, cluster)
-        except sandbox.RuleTimeout as exc:
-            res.message = str(exc)
-        except duckdb.OutOfMemoryException:
-            res.message = f"out of memory (--memory-limit {memory_limit})"
-        except duckdb.Error as exc:
-            res.message = f"SQL error: {_first_line(exc)}"
+        except (sandbox.RuleTimeout, duckdb.Error) as exc:
+            res.message = _failure(exc, memory_limit)
         res.duration_s += time.monotonic() - started
 
 
@@ -463,16 +459,21 @@ def _evaluate(
         if failed and res.violations and k > 0:
             left = max(0.1, timeout - (time.monotonic() - started))
             res.samples = _samples(sb, rule, k, left)
-    except sandbox.RuleTimeout as exc:
-        res.message = str(exc)
-    except duckdb.OutOfMemoryException:
-        res.message = f"out of memory (--memory-limit {memory_limit})"
-    except duckdb.Error as exc:
-        res.message = f"SQL error: {_first_line(exc)}"
+    except (sandbox.RuleTimeout, duckdb.Error) as exc:
+        res.message = _failure(exc, memory_limit)
     if res.status == "error":
         res.message = f"{rule.where()}: {res.message}"
     res.duration_s = round(time.monotonic() - started, 6)
     return res
+
+
+def _failure(exc: Exception, memory_limit: str) -> str:
+    """The message of a rule query that could not run."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return f"out of memory (--memory-limit {memory_limit})"
+    if isinstance(exc, duckdb.Error):
+        return f"SQL error: {_first_line(exc)}"
+    return str(exc)  # the rule's timeout
 
 
 def _judge(rule: Rule, evidence: int, violations: int) -> tuple[bool, str]:

@@ -205,8 +205,9 @@ def _merge(
             first = pc.min(table.column("time")).value if "time" in table.column_names else None
             writer = new_writer(max(first or 0, 0))
             written = 0
-        writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP)
-        written += table.slice(0, cut).nbytes // 4  # compressed size is not known until close; ~4x is typical
+        out = table.slice(0, cut)
+        writer.write_table(out, row_group_size=ROW_GROUP)
+        written += out.nbytes // 4  # compressed size is not known until close; ~4x is typical
 
     try:
         for f in files:

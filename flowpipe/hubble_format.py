@@ -461,7 +461,7 @@ _QUOTED = {_FD.TYPE_INT64, _FD.TYPE_UINT64, _FD.TYPE_SINT64, _FD.TYPE_FIXED64, _
 def _message(msg) -> Any:
     name = msg.DESCRIPTOR.full_name
     if name == "google.protobuf.Timestamp":
-        return _timestamp(msg.seconds, msg.nanos)
+        return rfc3339(msg.seconds, msg.nanos)
     if name in _WRAPPERS:
         return _scalar(msg.DESCRIPTOR.fields_by_name["value"], msg.value)
     if name in ("google.protobuf.Any", "google.protobuf.Duration", "google.protobuf.Struct"):
@@ -502,7 +502,8 @@ def _scalar(fd: _FD, value: Any) -> Any:
     return value
 
 
-def _timestamp(seconds: int, nanos: int) -> str:
+def rfc3339(seconds: int, nanos: int) -> str:
+    """A Timestamp as protobuf's JSON mapping writes it (0, 3, 6 or 9 fraction digits, UTC)."""
     base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if nanos == 0:
         return base + "Z"

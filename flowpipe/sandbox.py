@@ -182,7 +182,6 @@ def _row_local(node: Any) -> bool:
 
 def _render(expr: dict) -> str:
     """SQL text of one parsed expression (DuckDB's json_deserialize_sql)."""
-    global _parser
     template = _tree("SELECT 1")
     template["statements"][0]["node"]["select_list"] = [expr]
     with _parser_lock:
