@@ -28,7 +28,7 @@ lint: $(PY)
 	$(BIN)/ruff check flowpipe tests bench
 
 protos: $(PY)
-	$(PY) -m flowpipe.protogen
+	$(PY) tools/protogen.py
 
 demo: install
 	$(BIN)/flowpipe demo
@@ -40,4 +40,4 @@ bench: $(PY) bench-deps
 	$(PY) bench/run.py
 
 clean:
-	rm -rf build dist *.egg-info flowpipe/*.so .pytest_cache
+	rm -rf build dist *.egg-info flowpipe/*/*.so .pytest_cache

@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "flowpipe._wire",
-            ["flowpipe/_wire.c"],
+            "flowpipe.codec._wire",
+            ["flowpipe/codec/_wire.c"],
             extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

@@ -34,8 +34,11 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mix  # noqa: E402
 
-from flowpipe import compact, hubble_format, lab, schema  # noqa: E402
-from flowpipe.store import Store  # noqa: E402
+from flowpipe.codec import decode, storage
+from flowpipe.codec import hubble as hubble_format
+from flowpipe.lab import generate as lab
+from flowpipe.store import compact
+from flowpipe.store.layout import Store
 
 VERSION = 1  # bump when the content changes: cached templates and stores are rebuilt
 LAYOUT = 4  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
@@ -111,11 +114,11 @@ def templates(k: int, seed: int) -> pa.Table:
 
     def flush() -> None:
         raw = [r.SerializeToString() for r in batch]
-        dec = schema.decode_responses(raw)
+        dec = decode.decode_responses(raw)
         if dec.errors:
             raise SystemExit(f"bigstore: mix flows failed to decode: {dec.errors[:3]}")
-        flows, _ = schema.split_responses(dec)
-        stored = schema.to_storage(flows)
+        flows, _ = decode.split_responses(dec)
+        stored = storage.to_storage(flows)
         clusters = [r.node_name.split("/", 1)[0] for r in batch]
         parts.append(stored.append_column("_cluster", pa.array(clusters, pa.string())))
         for r in batch:  # jsonpb with a sentinel uuid and time, replaced per stored flow
@@ -196,9 +199,9 @@ def _lab(meta: Meta) -> dict[str, list]:
 
 
 def _lab_table(responses: list) -> pa.Table:
-    dec = schema.decode_responses([r.SerializeToString() for r in responses])
-    flows, _ = schema.split_responses(dec)
-    return schema.to_storage(flows)
+    dec = decode.decode_responses([r.SerializeToString() for r in responses])
+    flows, _ = decode.split_responses(dec)
+    return storage.to_storage(flows)
 
 
 def _write_cluster(root: str, meta: Meta, cluster: str) -> tuple[float, float, str]:
@@ -220,7 +223,7 @@ def _write_cluster(root: str, meta: Meta, cluster: str) -> tuple[float, float, s
         part = pa.concat_tables([tmpl.slice(a, m)] + ([tmpl.slice(0, a + m - k)] if a + m > k else []))
         part = part.set_column(ti, "time", pa.array(c.times, pa.int64()).cast(ttype))
         ids = pa.Array.from_buffers(pa.binary(16), c.hi - c.lo, [None, pa.py_buffer(c.uuids)])
-        part = part.set_column(ui, "_uuid", pa.ExtensionArray.from_storage(schema.UUID_TYPE, ids))
+        part = part.set_column(ui, "_uuid", pa.ExtensionArray.from_storage(storage.UUID_TYPE, ids))
         a, b = bisect.bisect_left(lab_ns, c.t_lo), bisect.bisect_left(lab_ns, c.t_hi)
         if b > a:
             part = pa.concat_tables([part, lab_t.slice(a, b - a).select(part.column_names).cast(part.schema)])

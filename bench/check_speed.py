@@ -21,7 +21,8 @@ from pathlib import Path
 import bigstore
 from common import load_note, save_result
 
-from flowpipe import check, rules
+from flowpipe.rules import check
+from flowpipe.rules import rulefile as rules
 
 STAGES = [f"stage{i}.sql" for i in range(1, 6)]
 TARGET_S, TARGET_RATIO = 3.0, 100.0

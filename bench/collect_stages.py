@@ -16,13 +16,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from common import Peer, load_note, save_result, templates
 
-from flowpipe import schema
-from flowpipe import store as store_mod
-from flowpipe.collect import Collector
-from flowpipe.config import CollectConfig, RelayConfig, TLSConfig
-from flowpipe.dedup import Deduper
-from flowpipe.store import PARQUET_OPTIONS, Store
-from flowpipe.stream import FlowStream
+from flowpipe.codec import decode, storage
+from flowpipe.ingest.collector import Collector
+from flowpipe.ingest.config import CollectConfig, RelayConfig, TLSConfig
+from flowpipe.ingest.dedup import Deduper
+from flowpipe.ingest.stream import FlowStream
+from flowpipe.store import layout as store_mod
+from flowpipe.store.layout import PARQUET_OPTIONS, Store
 
 
 def receive_cost(n: int) -> dict[str, float]:
@@ -82,10 +82,10 @@ def flush_costs(batches: list[list[bytes]], tmp: str) -> dict[str, list[float]]:
 
     for rows in batches:
         n = len(rows)
-        dec = timed("decode (schema.decode_responses)", n, schema.decode_responses, rows)
-        flows, events = timed("split (schema.split_responses)", n, schema.split_responses, dec)
+        dec = timed("decode (decode.decode_responses)", n, decode.decode_responses, rows)
+        flows, events = timed("split (decode.split_responses)", n, decode.split_responses, dec)
         flows, _ = timed("dedup (Deduper.filter)", n, deduper.filter, flows)
-        stored = timed("to_storage (schema.to_storage)", n, schema.to_storage, flows)
+        stored = timed("to_storage (storage.to_storage)", n, storage.to_storage, flows)
         parts = timed("by-hour filter+sort+take (store._by_hour)", n, lambda t: list(store_mod._by_hour(t)), stored)
         timed("  alt: by-hour fast path (1 hour, sorted)", n, lambda t: list(by_hour_fast(t)), stored)
 

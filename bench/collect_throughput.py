@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from common import Peer, cpu_seconds, free_port, load_note, mb, proc_status, save_result, templates
 
-from flowpipe import compact
+from flowpipe.store import compact
 
 METRIC_RE = re.compile(
     r'^flowpipe_collector_(flows_stored_total|flows_received_total|relay_connected)\{cluster="([^"]+)"\} (\S+)$', re.M

@@ -21,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from flowpipe import lab
-from flowpipe.replay import write_responses
-from flowpipe.store import Store
+from flowpipe.lab import generate as lab
+from flowpipe.serve.replay import write_responses
+from flowpipe.store.layout import Store
 
 RULE = """-- rule: r{i}
 -- why: synthetic rule {i} for the scrape benchmark

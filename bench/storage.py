@@ -16,9 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from common import load_note, save_result
 
-from flowpipe import compact, schema
 from flowpipe.api.observer import observer_pb2
-from flowpipe.store import Store
+from flowpipe.codec import decode, storage
+from flowpipe.store import compact
+from flowpipe.store.layout import Store
 
 GZIP_LEVEL = 6  # gzip(1)'s and Go's gzip.NewWriter default (lumberjack compresses Hubble's exporter files so)
 HOUR_NS = 3_600_000_000_000
@@ -58,13 +59,13 @@ def column_bytes(files: list[Path]) -> tuple[Counter, Counter, int]:
 
 
 def verify(files: list[Path], originals: dict[str, object], sample: int) -> tuple[int, int]:
-    """(checked, equal): reconstruct stored rows with schema.flows_from_columns and compare to the originals."""
+    """(checked, equal): reconstruct stored rows with storage.flows_from_columns and compare to the originals."""
     checked = equal = 0
     for f in files:
         pf = pq.ParquetFile(f)
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g)
-            flows = schema.flows_from_columns(table)
+            flows = storage.flows_from_columns(table)
             for flow in flows:
                 orig = originals.get(flow.uuid)
                 if orig is None:
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     for raw in rows[: args.verify - len(originals)]:
                         flow = observer_pb2.GetFlowsResponse.FromString(raw).flow
                         originals[flow.uuid] = flow
-                flows, events = schema.split_responses(schema.decode_responses(rows))
-                store.write("cluster1", schema.to_storage(flows), events)
+                flows, events = decode.split_responses(decode.decode_responses(rows))
+                store.write("cluster1", storage.to_storage(flows), events)
         elapsed = time.perf_counter() - t0
         files = flow_files(store)
         top, leaf, rows = column_bytes(files)

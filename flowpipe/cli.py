@@ -12,8 +12,8 @@ import click
 
 from flowpipe import __version__
 from flowpipe.errors import FlowpipeError
-from flowpipe.store import ENV as STORE_ENV
-from flowpipe.store import Store
+from flowpipe.store.layout import ENV as STORE_ENV
+from flowpipe.store.layout import Store
 
 # Exit codes shared by every command.
 EXIT_OK = 0
@@ -95,7 +95,7 @@ def query(sql: str, store_path: str | None, fmt: str, max_rows: int) -> None:
 
         flowpipe query --store ./store "SELECT cluster, verdict, count(*) FROM flows GROUP BY ALL"
     """
-    from flowpipe import query as q
+    from flowpipe.views import query as q
 
     store = open_store(store_path)
     q.run(store, sql, fmt=fmt, out=sys.stdout, max_rows=max_rows)
@@ -111,9 +111,9 @@ def columns(view: str) -> None:
 
         flowpipe columns --view flows
     """
-    from flowpipe import schema
+    from flowpipe.views import columns
 
-    cols = schema.flat_columns() if view == "flows" else schema.event_columns()
+    cols = columns.flat_columns() if view == "flows" else columns.event_columns()
     width = max(len(n) for n, _, _ in cols)
     for name, _, doc in cols:
         click.echo(f"{name:<{width}}  {doc}")
@@ -168,8 +168,8 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
         cilium hubble port-forward &
         flowpipe collect --store ./store --plaintext --relay cluster1=localhost:4245
     """
-    from flowpipe import collect as collect_mod
-    from flowpipe import config as cfgmod
+    from flowpipe.ingest import collector as collect_mod
+    from flowpipe.ingest import config as cfgmod
 
     cfg = cfgmod.from_dict(cfgmod.load_file(config_file), config_file) if config_file else cfgmod.CollectConfig()
     tls = cfgmod.TLSConfig(enabled=not plaintext, ca_files=list(ca_files), cert_file=cert_file, key_file=key_file, server_name=server_name)
@@ -195,7 +195,7 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
     store = open_store(cfg.store, create=True)
     collector = collect_mod.Collector(cfg, store)
     if cfg.metrics_listen:
-        from flowpipe import metrics
+        from flowpipe.export import metrics
 
         metrics.serve(collector.registry, cfg.metrics_listen)
     unstored = collector.run()
@@ -219,8 +219,8 @@ def compact(store_path: str | None, keep: str | None, grace: str, settle: str, n
 
         flowpipe compact --store ./store --keep 7d
     """
-    from flowpipe import compact as compact_mod
-    from flowpipe.config import parse_duration
+    from flowpipe.ingest.config import parse_duration
+    from flowpipe.store import compact as compact_mod
 
     store = open_store(store_path)
     stop = threading.Event()  # SIGTERM/SIGINT: drop the unfinished merge, keep what is swapped
@@ -258,7 +258,7 @@ def import_cmd(files: tuple[str, ...], store_path: str | None, cluster: str | No
         hubble observe -o jsonpb --last 1000 > flows.json
         flowpipe import --store ./store --cluster cluster1 flows.json
     """
-    from flowpipe import importer
+    from flowpipe.ingest import importer
 
     store = open_store(store_path, create=True)
     show_bar = not quiet and sys.stderr.isatty() and "-" not in files
@@ -309,8 +309,8 @@ def check(files, store_path, since, until, clusters, fmt, output, rule_timeout, 
         flowpipe check stage5.sql --store ./store --since 15m
         flowpipe check ./my-rules/ --cluster cluster1 --format junit -o check.xml
     """
-    from flowpipe import check as check_mod
-    from flowpipe import report
+    from flowpipe.rules import check as check_mod
+    from flowpipe.rules import report
 
     store = open_store(store_path)
     result = check_mod.run_check(
@@ -344,7 +344,7 @@ def rules_cmd(files: tuple[str, ...]) -> None:
         flowpipe rules
         flowpipe rules ./my-rules/extra.sql
     """
-    from flowpipe import rules as rules_mod
+    from flowpipe.rules import rulefile as rules_mod
 
     if files:
         parsed = rules_mod.load(list(files))
@@ -362,7 +362,7 @@ def rules_cmd(files: tuple[str, ...]) -> None:
 
 
 def _server_tls(plaintext: bool, cert: str | None, key: str | None, client_ca: str | None):
-    from flowpipe.server import ServerTLS
+    from flowpipe.serve.server import ServerTLS
 
     if plaintext:
         if cert or key or client_ca:
@@ -415,7 +415,7 @@ def serve(store_path, listen, plaintext, tls_cert, tls_key, tls_client_ca) -> No
         flowpipe serve --store ./store --listen 127.0.0.1:4245 --plaintext
         hubble observe --server localhost:4245 --since 2h --cluster cluster1 --verdict DROPPED
     """
-    from flowpipe import server as srv
+    from flowpipe.serve import server as srv
 
     tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
     store = open_store(store_path)
@@ -444,7 +444,7 @@ def replay(files, listen, plaintext, tls_cert, tls_key, tls_client_ca, cluster, 
         flowpipe replay capture.jsonl.gz --listen 127.0.0.1:4245 --plaintext --follow --rate 500
         hubble observe --server localhost:4245 --follow
     """
-    from flowpipe import replay as rp
+    from flowpipe.serve import replay as rp
 
     tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
     _on_sigterm()
@@ -488,7 +488,7 @@ def lab_generate(stage: int, variant: str | None, broken: tuple[str, ...], seed:
         flowpipe import --store ./store ./lab5/cluster1.jsonl ./lab5/cluster2.jsonl
         flowpipe check stage5.sql --store ./store --since 15m
     """
-    from flowpipe import lab as lab_sim
+    from flowpipe.lab import generate as lab_sim
 
     start_ns = lab_sim.parse_start(start)
     written = lab_sim.write_lab(out_dir, stage, variant=variant, broken_clusters=broken or None, seed=seed,
@@ -506,7 +506,7 @@ def lab_list() -> None:
 
         flowpipe lab list
     """
-    from flowpipe import lab as lab_sim
+    from flowpipe.lab import generate as lab_sim
 
     for line in lab_sim.catalog():
         click.echo(line)
@@ -541,8 +541,8 @@ def export(rule_files, store_path, listen, interval, window, rule_timeout, memor
         flowpipe export --rules queries/ --store ./store --listen 0.0.0.0:9965 --interval 30s --window 5m
         curl -s localhost:9965/metrics | grep flowpipe_stage_conformant
     """
-    from flowpipe import export as export_mod
-    from flowpipe.config import parse_duration
+    from flowpipe.export import exporter as export_mod
+    from flowpipe.ingest.config import parse_duration
 
     setup_logging(quiet)
     store = open_store(store_path, create=bool(collect_config))
@@ -576,8 +576,8 @@ def demo(work_dir, stage, variant, broken, rate, duration, prometheus_bin) -> No
         flowpipe demo
         flowpipe demo --variant allow-all-left --broken-cluster cluster2 --duration 120s
     """
-    from flowpipe import demo as demo_mod
-    from flowpipe.config import parse_duration
+    from flowpipe.ingest.config import parse_duration
+    from flowpipe.lab import demo as demo_mod
 
     demo_mod.run(
         work_dir, stage=stage, variant=variant, broken_clusters=list(broken) or None, rate=rate,

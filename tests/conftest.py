@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from flowpipe.api.observer import observer_pb2
-from flowpipe.store import Store
+from flowpipe.store.layout import Store
 
 DATA = Path(__file__).parent / "data"
 CAPTURES = DATA / "hubble-otel"

@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import json_format
 
-from flowpipe import check, report, sandbox, schema
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
 from flowpipe.cli import main
+from flowpipe.codec import decode, storage
 from flowpipe.errors import ConfigError, StoreError
-from flowpipe.store import Store
+from flowpipe.rules import check, report, sandbox
+from flowpipe.store.layout import Store
 
 NOW = datetime(2025, 10, 2, 14, 30, tzinfo=UTC)
 FRONTEND = {"namespace": "shop", "pod_name": "frontend-79f5dbfc6c-d6gb7", "identity": 114060,
@@ -51,8 +52,8 @@ def dns_verdict(when: datetime, policy: str, port: int = 53000) -> observer_pb2.
 
 
 def write(store: Store, cluster: str, responses) -> None:
-    flows, events = schema.split_responses(schema.decode_responses([r.SerializeToString() for r in responses]))
-    store.write(cluster, schema.to_storage(flows), events)
+    flows, events = decode.split_responses(decode.decode_responses([r.SerializeToString() for r in responses]))
+    store.write(cluster, storage.to_storage(flows), events)
 
 
 def rule_file(tmp_path: Path, body: str, name: str = "rules.sql") -> Path:

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import capture_files, free_port
 
-from flowpipe import schema
 from flowpipe.api.observer import observer_pb2
-from flowpipe.collect import CollectError, Collector
-from flowpipe.config import CollectConfig, RelayConfig, TLSConfig
-from flowpipe.replay import ReplayServer
-from flowpipe.store import Store
+from flowpipe.codec import storage
+from flowpipe.ingest.collector import CollectError, Collector
+from flowpipe.ingest.config import CollectConfig, RelayConfig, TLSConfig
+from flowpipe.serve.replay import ReplayServer
+from flowpipe.store.layout import Store
 
 
 def make_responses(n: int, *, start_ns: int | None = None, step_ns: int = 20_000_000, node: str = "node-1",
@@ -54,7 +54,7 @@ def make_responses(n: int, *, start_ns: int | None = None, step_ns: int = 20_000
 def stored(store: Store, cluster: str | None = None) -> list:
     flows = []
     for p in store.files(cluster=cluster):
-        flows += schema.flows_from_columns(pq.read_table(p))
+        flows += storage.flows_from_columns(pq.read_table(p))
     return flows
 
 
@@ -148,7 +148,7 @@ def test_aborted_streams_lose_and_repeat_nothing(store):
 
 
 def test_background_compaction_while_collecting_loses_and_repeats_nothing(store, caplog):
-    from flowpipe import compact
+    from flowpipe.store import compact
 
     caplog.set_level("INFO", logger="flowpipe.collect")
     # a live relay (fresh uuids, times now: the open hour) at 2,000 flows/s, committed every 50 ms;
@@ -188,7 +188,7 @@ def test_lost_events_are_stored_and_counted(store):
             wait_for(lambda: run.metric("flowpipe_collector_lost_events_total", cluster="c1",
                                         source="OBSERVER_EVENTS_QUEUE") >= 5, what="lost events")
             run.stop()
-    from flowpipe import query
+    from flowpipe.views import query
 
     _, rows = query.fetch(store, "SELECT sum(num_events_lost) FROM lost_events WHERE cluster = 'c1'")
     assert rows[0][0] >= 5
@@ -276,7 +276,7 @@ def test_sigkill_and_restart_lose_nothing(store):
 
 
 def test_server_side_allow_and_deny_filters(store):
-    from flowpipe.config import parse_filters
+    from flowpipe.ingest.config import parse_filters
 
     sent = make_responses(300, seed=81)  # pods frontend-0/1/2, every 7th flow DROPPED
     with ReplayServer(responses=sent, follow=True) as relay:

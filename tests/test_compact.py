@@ -5,7 +5,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 from test_store import make_flows
 
-from flowpipe import compact, query, schema
+from flowpipe.codec import storage
+from flowpipe.store import compact
+from flowpipe.views import query
 
 HOUR = 3_600_000_000_000
 T0 = 1_700_000_000 * 1_000_000_000 // HOUR * HOUR
@@ -15,7 +17,7 @@ def fill(store, batches: int, start: int, per: int = 100):
     uuids = []
     for b in range(batches):
         msgs, flows, _ = make_flows(per, start + b * per * 1_000_000)
-        store.write("c1", schema.to_storage(flows))
+        store.write("c1", storage.to_storage(flows))
         uuids += [m.flow.uuid for m in msgs]
     return uuids
 
@@ -27,7 +29,7 @@ def test_merges_closed_hours_losslessly(store):
     assert report.merged_files == 5 and report.written_files == 1
     files = store.files()
     assert len(files) == 1
-    back = schema.flows_from_columns(pq.read_table(files[0]))
+    back = storage.flows_from_columns(pq.read_table(files[0]))
     assert sorted(f.uuid for f in back) == sorted(uuids)
     _, rows = query.fetch(store, "SELECT count(*), count(DISTINCT uuid) FROM flows")
     assert rows == [(500, 500)]
@@ -57,7 +59,7 @@ def test_open_hour_merges_settled_files_level_by_level(store, monkeypatch):
     levels = sorted(compact.level(f) for f in store.files())
     assert levels == [0, 0, 2], levels
     assert report.merged_files == 16 + 4 and report.written_files == 5
-    back = [f for p in store.files() for f in schema.flows_from_columns(pq.read_table(p))]
+    back = [f for p in store.files() for f in storage.flows_from_columns(pq.read_table(p))]
     assert sorted(f.uuid for f in back) == sorted(uuids)
     # serve --follow takes merged files for history: they carry the compaction suffix
     assert all(f.name.endswith(compact.COMPACT_SUFFIX) for f in store.files() if compact.level(f))

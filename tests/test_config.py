@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flowpipe import config
 from flowpipe.errors import ConfigError
+from flowpipe.ingest import config
 
 
 def test_parse_relay():

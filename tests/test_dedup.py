@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_store import make_flows
 
-from flowpipe.dedup import Deduper, keys
+from flowpipe.ingest.dedup import Deduper, keys
 
 
 def test_repeats_within_and_across_batches_dropped():

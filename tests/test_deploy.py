@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowpipe import rules as rules_mod
-from flowpipe.metrics import EXPORTER_METRICS
+from flowpipe.export.metrics import EXPORTER_METRICS
+from flowpipe.rules import rulefile as rules_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"

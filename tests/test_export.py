@@ -17,12 +17,16 @@ from click.testing import CliRunner
 from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowpipe import check, compact, export, lab, query
 from flowpipe.cli import main
-from flowpipe.counters import STATE_FILE
-from flowpipe.metrics import EXPORTER_METRICS
-from flowpipe.replay import ReplayServer, write_responses
-from flowpipe.store import Store
+from flowpipe.export import exporter as export
+from flowpipe.export.counters import STATE_FILE
+from flowpipe.export.metrics import EXPORTER_METRICS
+from flowpipe.lab import generate as lab
+from flowpipe.rules import check
+from flowpipe.serve.replay import ReplayServer, write_responses
+from flowpipe.store import compact
+from flowpipe.store.layout import Store
+from flowpipe.views import query
 
 HOUR = 3_600_000_000_000
 RULES = """-- flowpipe: stage=t1 title="test rules"

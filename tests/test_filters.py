@@ -10,13 +10,13 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from flowpipe import filters
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2, observer_pb2_grpc
 from flowpipe.errors import FilterError
-from flowpipe.replay import write_responses
-from flowpipe.server import FlowServer
-from flowpipe.store import Store
+from flowpipe.serve import filters
+from flowpipe.serve.replay import write_responses
+from flowpipe.serve.server import FlowServer
+from flowpipe.store.layout import Store
 
 F = flow_pb2.FlowFilter
 T0 = 1_700_000_000
@@ -491,7 +491,7 @@ def test_parse_filter_list_shapes(tmp_path):
 def test_prefilter_never_drops_a_matching_flow(tmp_path, captures):
     """The cheap condition serve puts before the exact SQL holds for every flow the exact SQL
     matches, for every case of the table; and it exists where it can speed a query up."""
-    from flowpipe import query
+    from flowpipe.views import query
 
     store = Store(tmp_path / "store")
     store.ensure()

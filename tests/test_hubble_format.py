@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from conftest import capture_files, load_capture
 
-from flowpipe import hubble_format as hf
-from flowpipe import schema, views
 from flowpipe.api.flow import flow_pb2
+from flowpipe.codec import decode, storage
+from flowpipe.codec import hubble as hf
+from flowpipe.views import catalog as views
 
 FE1 = ("shop", "frontend-79f5dbfc6c-d6gb7", 114060)
 BE1 = ("shop", "backend-6c4c67dc75-g22jn", 69364)
@@ -263,9 +264,9 @@ def test_real_captures_print_sensibly(captures):
 
 
 def test_compact_line_row_matches_compact_line_through_the_flows_view(store, captures):
-    dec = schema.decode_responses([r.SerializeToString() for r in captures])
-    flows, _ = schema.split_responses(dec)
-    store.write("c1", schema.to_storage(flows))
+    dec = decode.decode_responses([r.SerializeToString() for r in captures])
+    flows, _ = decode.split_responses(dec)
+    store.write("c1", storage.to_storage(flows))
     con = views.connect(store)
     cur = con.execute("SELECT * FROM flows ORDER BY time")
     names = [d[0] for d in cur.description]

@@ -11,15 +11,16 @@ from click.testing import CliRunner
 from conftest import capture_files
 from google.protobuf import json_format
 
-from flowpipe import importer, schema
 from flowpipe.cli import main
+from flowpipe.codec import storage
 from flowpipe.errors import InputError
+from flowpipe.ingest import importer
 
 
 def stored_flows(store):
     out = []
     for p in store.files():
-        out += schema.flows_from_columns(pq.read_table(p))
+        out += storage.flows_from_columns(pq.read_table(p))
     return out
 
 
@@ -100,7 +101,7 @@ def test_lost_events_and_node_status_are_stored(store, tmp_path):
     )
     report = importer.import_files(store, [str(path)], cluster="c1")
     assert report.events == 2
-    from flowpipe import query
+    from flowpipe.views import query
 
     _, rows = query.fetch(store, "SELECT kind, lost_source, num_events_lost, node_state FROM events ORDER BY time")
     assert rows == [

@@ -9,11 +9,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import load_capture
 
-from flowpipe import hubble_format as hf
-from flowpipe import lab, schema, views
 from flowpipe.api.flow import flow_pb2
 from flowpipe.cli import main
+from flowpipe.codec import decode, storage
+from flowpipe.codec import hubble as hf
 from flowpipe.errors import ConfigError
+from flowpipe.lab import generate as lab
+from flowpipe.views import catalog as views
 
 P = " (ID:114060) -> shop/backend-6c4c67dc75-g22jn:80 (ID:69364) policy-verdict:L3-L4 "
 
@@ -338,17 +340,17 @@ def test_flows_round_trip_through_storage_unchanged(variant):
     stage_list = [5] if variant else lab.STAGES
     for stage in stage_list:
         for rs in lab.generate_lab(stage, variant=variant, seed=5).values():
-            dec = schema.decode_responses([r.SerializeToString() for r in rs])
+            dec = decode.decode_responses([r.SerializeToString() for r in rs])
             assert dec.errors == []
-            flows, events = schema.split_responses(dec)
+            flows, events = decode.split_responses(dec)
             assert events.num_rows == 0
-            assert schema.flows_from_columns(schema.to_storage(flows)) == [r.flow for r in rs]
+            assert storage.flows_from_columns(storage.to_storage(flows)) == [r.flow for r in rs]
 
 
 def test_rows_of_the_flows_view_print_with_policy_names(store, stages):
     rs = stages[5]["cluster1"]
-    dec = schema.decode_responses([r.SerializeToString() for r in rs])
-    store.write("cluster1", schema.to_storage(schema.split_responses(dec)[0]))
+    dec = decode.decode_responses([r.SerializeToString() for r in rs])
+    store.write("cluster1", storage.to_storage(decode.split_responses(dec)[0]))
     con = views.connect(store)
     cur = con.execute("SELECT * FROM flows")
     names = [d[0] for d in cur.description]

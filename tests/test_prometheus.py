@@ -17,9 +17,9 @@ import pytest
 import yaml
 from conftest import free_port
 
-from flowpipe import lab
-from flowpipe.replay import ReplayServer, write_responses
-from flowpipe.store import Store
+from flowpipe.lab import generate as lab
+from flowpipe.serve.replay import ReplayServer, write_responses
+from flowpipe.store.layout import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "flowpipe-alerts.yml"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowpipe import protogen
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2, observer_pb2_grpc
+from tools import protogen
 
 
 def test_generated_code_matches_protos(tmp_path: Path):

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_collect import make_responses
 
-from flowpipe import query
-from flowpipe.replay import ReplayServer
+from flowpipe.serve.replay import ReplayServer
+from flowpipe.views import query
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

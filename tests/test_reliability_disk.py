@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_collect import Running, config, make_responses, stored_count, wait_for
 
-from flowpipe.replay import ReplayServer
-from flowpipe.store import Store
+from flowpipe.serve.replay import ReplayServer
+from flowpipe.store.layout import Store
 
 pytestmark = pytest.mark.reliability
 

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_collect import Running, config, make_responses, stored, wait_for
 
-from flowpipe import importer, schema
 from flowpipe.api.observer import observer_pb2
 from flowpipe.cli import main
+from flowpipe.codec import decode, storage
+from flowpipe.ingest import importer
 
 pytestmark = pytest.mark.reliability
 
@@ -35,15 +36,15 @@ def protobuf_view(raw: bytes) -> observer_pb2.GetFlowsResponse | None:
 
 def check_against_protobuf(raw: bytes) -> None:
     """The decoder agrees with protobuf: same verdict on validity, same flow when valid."""
-    dec = schema.decode_responses([raw])
+    dec = decode.decode_responses([raw])
     want = protobuf_view(raw)
     if want is None:
         assert len(dec.responses) == 0 and dec.errors and dec.errors[0][0] == 0
         return
     assert dec.errors == [] and len(dec.responses) == 1
-    flows, events = schema.split_responses(dec)
+    flows, events = decode.split_responses(dec)
     if want.HasField("flow"):
-        assert schema.flows_from_columns(flows) == [want.flow]
+        assert storage.flows_from_columns(flows) == [want.flow]
     else:
         assert flows.num_rows == 0
 
@@ -67,7 +68,7 @@ def test_decoder_matches_protobuf_on_garbage(raw):
 @settings(max_examples=50, deadline=None)
 @given(st.lists(mutations, min_size=1, max_size=30))
 def test_batches_keep_good_rows_and_name_bad_ones(rows):
-    dec = schema.decode_responses(rows)
+    dec = decode.decode_responses(rows)
     bad = {i for i, _ in dec.errors}
     assert bad == {i for i, r in enumerate(rows) if protobuf_view(r) is None}
     assert len(dec.responses) == len(rows) - len(bad)
@@ -107,7 +108,7 @@ wrong_shapes = st.one_of(
 @given(st.lists(wrong_shapes, min_size=1, max_size=8))
 def test_import_reports_wrong_json_shapes_with_locations(tmp_path_factory, values):
     tmp = tmp_path_factory.mktemp("garbage")
-    from flowpipe.store import Store
+    from flowpipe.store.layout import Store
 
     store = Store(tmp / "store")
     store.ensure()

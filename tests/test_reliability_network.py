@@ -9,10 +9,10 @@ import time
 import pytest
 from test_collect import Running, config, make_responses, stored, stored_count, wait_for
 
-from flowpipe import query
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
-from flowpipe.replay import ReplayServer
+from flowpipe.serve.replay import ReplayServer
+from flowpipe.views import query
 
 pytestmark = pytest.mark.reliability
 

@@ -13,8 +13,10 @@ import pytest
 from conftest import free_port
 from test_collect import Running, config, make_responses, stored, stored_count, wait_for
 
-from flowpipe import check, export, lab
-from flowpipe.replay import ReplayServer
+from flowpipe.export import exporter as export
+from flowpipe.lab import generate as lab
+from flowpipe.rules import check
+from flowpipe.serve.replay import ReplayServer
 
 pytestmark = pytest.mark.reliability
 
@@ -84,7 +86,7 @@ def test_runaway_rule_is_interrupted_while_collection_goes_on(store, tmp_path):
 
 
 def test_check_and_fifty_scrapers_while_collect_writes(tmp_path):
-    from flowpipe.store import Store
+    from flowpipe.store.layout import Store
 
     store = Store(tmp_path / "store")
     store.ensure()

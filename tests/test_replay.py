@@ -12,7 +12,7 @@ import pytest
 
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2, observer_pb2_grpc
-from flowpipe.replay import ReplayProcess, ReplayServer
+from flowpipe.serve.replay import ReplayProcess, ReplayServer
 from tests.conftest import CAPTURES
 
 Req = observer_pb2.GetFlowsRequest

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flowpipe import rules
 from flowpipe.errors import RuleError
+from flowpipe.rules import rulefile as rules
 
 GOOD = textwrap.dedent(
     """\

@@ -9,17 +9,18 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flowpipe import check, sandbox, schema
+from flowpipe.codec import decode, storage
 from flowpipe.errors import RuleError
-from flowpipe.store import Store
+from flowpipe.rules import check, sandbox
+from flowpipe.store.layout import Store
 
 pytestmark = pytest.mark.reliability
 
 
 @pytest.fixture
 def filled(store: Store, captures) -> Store:
-    flows, events = schema.split_responses(schema.decode_responses([c.SerializeToString() for c in captures]))
-    store.write("cluster1", schema.to_storage(flows), events)
+    flows, events = decode.split_responses(decode.decode_responses([c.SerializeToString() for c in captures]))
+    store.write("cluster1", storage.to_storage(flows), events)
     return store
 
 

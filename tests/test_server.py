@@ -10,12 +10,13 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from flowpipe import importer, schema
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2, observer_pb2_grpc
-from flowpipe.replay import write_responses
-from flowpipe.server import FlowServer, ServerTLS, response_bytes
-from flowpipe.store import Store
+from flowpipe.codec import decode
+from flowpipe.ingest import importer
+from flowpipe.serve.replay import write_responses
+from flowpipe.serve.server import FlowServer, ServerTLS, response_bytes
+from flowpipe.store.layout import Store
 from tests.certs import relay_pki
 from tests.conftest import CAPTURES
 
@@ -145,7 +146,7 @@ def test_follow_delivers_flows_committed_after_the_call(served):
 
 def test_follow_is_not_fooled_by_compaction(served):
     """Compaction rewrites closed hours into new files: a follow stream must not send them again."""
-    from flowpipe import compact
+    from flowpipe.store import compact
 
     stub, store = served
     follower = Follower(stub, Req(follow=True, number=40))
@@ -179,7 +180,7 @@ def test_lost_events_are_served_in_time_order(served):
         lost_events=flow_pb2.LostEvent(source=flow_pb2.PERF_EVENT_RING_BUFFER, num_events_lost=7),
         node_name="node-a", time=_ts(20))
     lost.lost_events.cpu.value = 1
-    flows, events = schema.split_responses(schema.decode_responses([lost.SerializeToString()]))
+    flows, events = decode.split_responses(decode.decode_responses([lost.SerializeToString()]))
     store.write("c1", None, events)
     got = list(stub.GetFlows(Req(since=_ts(19), until=_ts(21)), timeout=10))
     kinds = [r.WhichOneof("response_types") for r in got]

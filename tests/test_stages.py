@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from flowpipe import check, schema
-from flowpipe.store import Store
-
-lab = pytest.importorskip("flowpipe.lab")
+from flowpipe.codec import decode, storage
+from flowpipe.lab import generate as lab
+from flowpipe.rules import check
+from flowpipe.store.layout import Store
 
 CLUSTERS = ("cluster1", "cluster2")
 VARIANTS = ("allow-all-left", "l4-ingress-left", "no-allow-dns", "no-traffic")
@@ -21,8 +21,8 @@ def build(root: Path, stage: int, **kw) -> Store:
     store.ensure()
     for cluster, responses in lab.generate_lab(stage, clusters=CLUSTERS, seed=7, **kw).items():
         if responses:
-            flows, events = schema.split_responses(schema.decode_responses([r.SerializeToString() for r in responses]))
-            store.write(cluster, schema.to_storage(flows), events)
+            flows, events = decode.split_responses(decode.decode_responses([r.SerializeToString() for r in responses]))
+            store.write(cluster, storage.to_storage(flows), events)
     return store
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flowpipe import schema
 from flowpipe.api.observer import observer_pb2
+from flowpipe.codec import decode, storage
 from flowpipe.errors import StoreError
-from flowpipe.store import Store, check_cluster
+from flowpipe.store.layout import Store, check_cluster
 
 HOUR = 3_600_000_000_000
 
@@ -28,7 +28,7 @@ def make_flows(n: int, start_ns: int, step_ns: int = 1_000_000, with_uuid: bool 
         m.flow.node_name = "node-a"
         m.flow.l4.TCP.destination_port = 80 + i % 3
         msgs.append(m)
-    flows, events = schema.split_responses(schema.decode_responses([m.SerializeToString() for m in msgs]))
+    flows, events = decode.split_responses(decode.decode_responses([m.SerializeToString() for m in msgs]))
     return msgs, flows, events
 
 
@@ -45,7 +45,7 @@ def test_open_requires_existing_store(tmp_path, monkeypatch):
 def test_write_partitions_by_cluster_and_hour(store):
     start = 1_700_000_000 * 1_000_000_000 // HOUR * HOUR + HOUR - 5_000_000_000  # 5 s before an hour ends
     msgs, flows, events = make_flows(100, start, step_ns=100_000_000)  # spans 10 s: two hours
-    result = store.write("cluster1", schema.to_storage(flows), events)
+    result = store.write("cluster1", storage.to_storage(flows), events)
     assert len(result.files) == 2
     assert all("cluster=cluster1" in str(p) and "hour=" in str(p) for p in result.files)
     assert sum(pq.read_metadata(p).num_rows for p in result.files) == 100
@@ -53,14 +53,14 @@ def test_write_partitions_by_cluster_and_hour(store):
     assert store.clusters() == ["cluster1"]
     back = []
     for p in sorted(result.files):
-        back += schema.flows_from_columns(pq.read_table(p))
+        back += storage.flows_from_columns(pq.read_table(p))
     assert sorted(f.uuid for f in back) == sorted(m.flow.uuid for m in msgs)
 
 
 def test_last_time_and_keys_between(store):
     start = 1_700_000_000_000_000_000
     msgs, flows, _ = make_flows(50, start)
-    store.write("c1", schema.to_storage(flows))
+    store.write("c1", storage.to_storage(flows))
     assert store.last_time("c1") == start + 49 * 1_000_000
     assert store.last_time("c2") is None
     keys = store.keys_between("c1", start + 40 * 1_000_000)
@@ -70,7 +70,7 @@ def test_last_time_and_keys_between(store):
 def test_keys_of_uuidless_flows_are_fingerprints(store):
     start = 1_700_000_000_000_000_000
     _, flows, _ = make_flows(5, start, with_uuid=False)
-    store.write("c1", schema.to_storage(flows))
+    store.write("c1", storage.to_storage(flows))
     keys = store.keys_between("c1", start)
     assert keys == set(flows.column("_fp").to_pylist())
 
@@ -83,14 +83,14 @@ def test_write_failure_leaves_no_file(store, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(StoreError, match="no space left on device while writing flows/cluster=c1"):
-        store.write("c1", schema.to_storage(flows))
+        store.write("c1", storage.to_storage(flows))
     assert store.files() == []
     assert not list((store.root / ".incoming").glob("*.tmp"))
 
 
 def test_stage_then_discard_publishes_nothing(store):
     _, flows, _ = make_flows(10, 1_700_000_000_000_000_000)
-    staged = store.stage("c1", schema.to_storage(flows))
+    staged = store.stage("c1", storage.to_storage(flows))
     assert staged.pending and store.files() == []
     store.discard(staged)
     assert store.files() == [] and not list((store.root / ".incoming").glob("*.tmp"))
@@ -103,7 +103,7 @@ def test_clean_incoming_removes_leftovers(store):
 
 _HOLD = """
 import sys, time
-from flowpipe.store import Store
+from flowpipe.store.layout import Store
 tmp = Store(sys.argv[1]).tmp_path("part-1.parquet")
 tmp.write_bytes(b"being written")
 print(tmp, flush=True)
@@ -136,11 +136,11 @@ def test_ensure_and_writes_from_many_processes_never_collide(tmp_path):
     import sys
 
     code = (
-        "import sys; from flowpipe.store import Store; from tests.test_store import make_flows; "
-        "from flowpipe import schema\n"
+        "import sys; from flowpipe.store.layout import Store; from tests.test_store import make_flows; "
+        "from flowpipe.codec import storage\n"
         "s = Store(sys.argv[1]); s.ensure()\n"
         "for i in range(5):\n"
-        "    s.write('c1', schema.to_storage(make_flows(50, 1_700_000_000_000_000_000 + i)[1]))\n"
+        "    s.write('c1', storage.to_storage(make_flows(50, 1_700_000_000_000_000_000 + i)[1]))\n"
         "    s.clean_incoming()\n"
     )
     root = tmp_path / "s"

@@ -8,10 +8,10 @@ import pytest
 from certs import RELAY_NAME, relay_pki
 from test_collect import Running, config, make_responses, stored_count, wait_for
 
-from flowpipe.collect import CollectError
-from flowpipe.config import TLSConfig
-from flowpipe.replay import ReplayServer
-from flowpipe.server import ServerTLS
+from flowpipe.ingest.collector import CollectError
+from flowpipe.ingest.config import TLSConfig
+from flowpipe.serve.replay import ReplayServer
+from flowpipe.serve.server import ServerTLS
 
 pytestmark = pytest.mark.reliability
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import duckdb
 from conftest import capture_files
 
-from flowpipe import importer, query, schema, views
+from flowpipe.ingest import importer
+from flowpipe.views import catalog as views
+from flowpipe.views import columns, query
 
 
 def test_views_work_on_empty_store(store):
@@ -17,7 +19,7 @@ def test_views_work_on_empty_store(store):
 
 def test_every_documented_column_exists(store):
     names, _ = query.fetch(store, "SELECT * FROM flows LIMIT 0")
-    assert names == [n for n, _, _ in schema.flat_columns()]
+    assert names == [n for n, _, _ in columns.flat_columns()]
 
 
 def test_friendly_columns_on_real_captures(store):
@@ -63,7 +65,7 @@ def test_same_schema_compares_footers(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flowpipe.store import PARQUET_OPTIONS
+    from flowpipe.store.layout import PARQUET_OPTIONS
 
     base = pa.table({"a": pa.array([1, 2], pa.int64()), "b": pa.array([{"x": "s"}, None], pa.struct([("x", pa.string())]))})
     paths = []

@@ -1,2 +1,2 @@
-# Generated from proto/ by `make protos` (flowpipe.protogen). Do not edit.
+# Generated from proto/ by `make protos` (tools/protogen.py). Do not edit.
 """Generated Hubble API v1 protobuf modules."""

@@ -1,1 +1,1 @@
-# Generated from proto/ by `make protos` (flowpipe.protogen). Do not edit.
+# Generated from proto/ by `make protos` (tools/protogen.py). Do not edit.

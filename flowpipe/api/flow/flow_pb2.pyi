@@ -1,4 +1,4 @@
-# Generated from proto/ by `make protos` (flowpipe.protogen). Do not edit.
+# Generated from proto/ by `make protos` (tools/protogen.py). Do not edit.
 import datetime
 
 from google.protobuf import any_pb2 as _any_pb2

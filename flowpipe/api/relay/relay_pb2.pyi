@@ -1,4 +1,4 @@
-# Generated from proto/ by `make protos` (flowpipe.protogen). Do not edit.
+# Generated from proto/ by `make protos` (tools/protogen.py). Do not edit.
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

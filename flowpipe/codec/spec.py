@@ -1,0 +1,149 @@
+"""The Flow schema: protobuf descriptors -> the Arrow types of stored columns (the spec _wire.c runs on).
+
+The one place that walks protobuf descriptors; decode.py, storage.py and hubble.py use what it derives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+
+import pyarrow as pa
+from google.protobuf import descriptor as _d
+
+from flowpipe.api.observer import observer_pb2
+
+try:  # the C decoder; the pure-Python paths give the same columns, only slower
+    from flowpipe.codec import _wire
+except ImportError:  # pragma: no cover - exercised only when the extension is not built
+    _wire = None
+
+# Kinds shared with _wire.c.
+K_BOOL, K_INT32, K_SINT32, K_UINT32, K_INT64, K_SINT64, K_UINT64 = 1, 2, 3, 4, 5, 6, 7
+K_FIXED32, K_SFIXED32, K_FIXED64, K_SFIXED64, K_FLOAT, K_DOUBLE = 8, 9, 10, 11, 12, 13
+K_STRING, K_BYTES, K_ENUM = 14, 15, 16
+K_MESSAGE, K_TIMESTAMP, K_WRAPPER = 20, 21, 22
+
+_FD = _d.FieldDescriptor
+_SCALAR_KIND = {
+    _FD.TYPE_BOOL: K_BOOL,
+    _FD.TYPE_INT32: K_INT32,
+    _FD.TYPE_SINT32: K_SINT32,
+    _FD.TYPE_UINT32: K_UINT32,
+    _FD.TYPE_INT64: K_INT64,
+    _FD.TYPE_SINT64: K_SINT64,
+    _FD.TYPE_UINT64: K_UINT64,
+    _FD.TYPE_FIXED32: K_FIXED32,
+    _FD.TYPE_SFIXED32: K_SFIXED32,
+    _FD.TYPE_FIXED64: K_FIXED64,
+    _FD.TYPE_SFIXED64: K_SFIXED64,
+    _FD.TYPE_FLOAT: K_FLOAT,
+    _FD.TYPE_DOUBLE: K_DOUBLE,
+    _FD.TYPE_STRING: K_STRING,
+    _FD.TYPE_BYTES: K_BYTES,
+    _FD.TYPE_ENUM: K_ENUM,
+}
+_ARROW_OF_KIND = {
+    K_BOOL: pa.bool_(),
+    K_INT32: pa.int32(),
+    K_SINT32: pa.int32(),
+    K_SFIXED32: pa.int32(),
+    K_ENUM: pa.int32(),
+    K_UINT32: pa.uint32(),
+    K_FIXED32: pa.uint32(),
+    K_INT64: pa.int64(),
+    K_SINT64: pa.int64(),
+    K_SFIXED64: pa.int64(),
+    K_UINT64: pa.uint64(),
+    K_FIXED64: pa.uint64(),
+    K_FLOAT: pa.float32(),
+    K_DOUBLE: pa.float64(),
+    K_STRING: pa.string(),
+    K_BYTES: pa.binary(),
+}
+TIMESTAMP = pa.timestamp("ns", tz="UTC")
+WRAPPERS = {
+    "google.protobuf.BoolValue",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.FloatValue",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+}
+
+
+@dataclass
+class _Spec:
+    types: list[list[tuple[int, int, int, int, int]]] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+    arrow: dict[str, pa.StructType] = field(default_factory=dict)
+
+
+def kind_of(fd: _d.FieldDescriptor) -> tuple[int, int]:
+    if fd.message_type is None:
+        return _SCALAR_KIND[fd.type], 0
+    name = fd.message_type.full_name
+    if name == "google.protobuf.Timestamp":
+        return K_TIMESTAMP, 0
+    if name in WRAPPERS:
+        return K_WRAPPER, _SCALAR_KIND[fd.message_type.fields_by_name["value"].type]
+    return K_MESSAGE, 0
+
+
+def _register(spec: _Spec, desc: _d.Descriptor, depth: int = 0) -> int:
+    """Assign desc a type index (depth-first) and derive its Arrow struct type."""
+    if desc.full_name in spec.index:
+        return spec.index[desc.full_name]
+    if depth > 30:
+        raise ValueError(f"recursive protobuf type {desc.full_name} cannot be columnar")
+    idx = len(spec.types)
+    spec.index[desc.full_name] = idx
+    spec.types.append([])
+    rows = []
+    fields = []
+    seen = set()
+    for fd in desc.fields:
+        if fd.name.lower() in seen:  # DuckDB resolves struct fields case-insensitively
+            raise ValueError(f"{desc.full_name} has fields differing only in case: {fd.name}")
+        seen.add(fd.name.lower())
+        kind, inner = kind_of(fd)
+        sub = -1
+        if kind == K_MESSAGE:
+            sub = _register(spec, fd.message_type, depth + 1)
+            typ: pa.DataType = spec.arrow[fd.message_type.full_name]
+        elif kind == K_TIMESTAMP:
+            typ = TIMESTAMP
+        elif kind == K_WRAPPER:
+            typ = _ARROW_OF_KIND[inner]
+        else:
+            typ = _ARROW_OF_KIND[kind]
+        if fd.is_repeated:
+            typ = pa.list_(typ)
+        rows.append((fd.number, kind, inner, int(fd.is_repeated), sub))
+        fields.append(pa.field(fd.name, typ))
+    spec.types[idx] = rows
+    spec.arrow[desc.full_name] = pa.struct(fields)
+    return idx
+
+
+@cache
+def response_spec() -> tuple[_Spec, object | None]:
+    spec = _Spec()
+    root = _register(spec, observer_pb2.GetFlowsResponse.DESCRIPTOR)
+    names = [f.name for f in observer_pb2.GetFlowsResponse.DESCRIPTOR.fields]
+    compiled = _wire.compile(spec.types, root, names.index("flow")) if _wire else None
+    return spec, compiled
+
+
+def response_type() -> pa.StructType:
+    """Arrow type of one decoded GetFlowsResponse (flow, node_status, lost_events, ...)."""
+    return response_spec()[0].arrow["observer.GetFlowsResponse"]
+
+
+def flow_type() -> pa.StructType:
+    """Arrow type of a Flow: the stored flow columns."""
+    return response_spec()[0].arrow["flow.Flow"]
+
+

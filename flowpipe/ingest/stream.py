@@ -1,0 +1,260 @@
+"""A resumable GetFlows(follow) stream from one relay, with an explicit list of retryable errors."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.experimental
+
+from flowpipe.api.observer import observer_pb2
+from flowpipe.errors import ConfigError
+from flowpipe.ingest import tls
+from flowpipe.ingest.config import CollectConfig, RelayConfig
+
+log = logging.getLogger("flowpipe.collect")
+
+METHOD = "/observer.Observer/GetFlows"
+
+# Errors after which asking again may work: the relay restarted, the network blinked, the
+# stream was cut by a proxy, or our watchdog cancelled a silent stream.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# Everything else (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED, ...)
+# means the request or credentials are wrong: asking again would fail the same way.
+
+_TLS_HINTS = (
+    "ssl",
+    "tls",
+    "handshake",
+    "certificate",
+    "wrong_version_number",
+    "peer name",
+    "alpn",
+    "verification",
+    "hostname",
+)
+
+
+def is_tls_failure(details: str) -> bool:
+    """True when a connection failure came from the TLS handshake (not from reachability)."""
+    low = details.lower()
+    return any(h in low for h in _TLS_HINTS)
+
+
+class FatalStreamError(Exception):
+    """The relay refused us for a reason retrying cannot fix (one line, names the relay)."""
+
+
+@dataclass
+class StreamState:
+    connected: bool = False
+    ever_connected: bool = False
+    attempts: int = 0
+    last_message_at: float = 0.0
+    last_error: str = ""
+
+
+class FlowStream:
+    """GetFlows(follow=true) that re-dials with capped, jittered backoff and resumes from `since`."""
+
+    def __init__(
+        self,
+        relay: RelayConfig,
+        cfg: CollectConfig,
+        *,
+        resume_since: Callable[[], int | None],
+        on_message: Callable[[bytes], None],
+        on_event: Callable[[str, str], None] = lambda kind, detail: None,
+    ):
+        self.relay = relay
+        self.cfg = cfg
+        self.resume_since = resume_since  # ns to ask from at each (re)connect, None = only new flows
+        self.on_message = on_message
+        self.on_event = on_event  # ("connected"|"error"|"idle"|"fatal", detail)
+        self.state = StreamState()
+        self._stop = threading.Event()
+        self._call = None
+        self._idle_cancelled = False
+        self._pausing = False
+        self._resume_at = 0.0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Stop after the current message; safe from any thread."""
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+
+    def pause(self, seconds: float) -> None:
+        """Hang up now and dial again after seconds (the collector could not store what it got)."""
+        self._resume_at = time.monotonic() + seconds
+        with self._lock:
+            if self._call is not None:
+                self._pausing = True
+                self._call.cancel()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def request(self) -> observer_pb2.GetFlowsRequest:
+        """The request for the next attempt: follow, since the resume point, with the relay's filters."""
+        req = observer_pb2.GetFlowsRequest(follow=True)
+        since = self.resume_since()
+        if since is not None:
+            req.since.seconds, req.since.nanos = divmod(max(since, 1_000_000_000), 1_000_000_000)
+        req.whitelist.extend(self.relay.allow)
+        req.blacklist.extend(self.relay.deny)
+        return req
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Stream until stop(); raise FatalStreamError when retrying cannot help."""
+        attempt = 0
+        while not self._stop.is_set():
+            wait = self._resume_at - time.monotonic()
+            if wait > 0:
+                self._stop.wait(wait)
+                continue
+            received = self._attempt()
+            if self._stop.is_set():
+                break
+            if self._resume_at > time.monotonic():
+                continue  # paused: no backoff on top
+            attempt = 0 if received else attempt + 1
+            delay = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_initial * 2**attempt))
+            delay = max(delay, self.cfg.backoff_initial / 2)
+            self._stop.wait(delay)
+
+    def _attempt(self) -> int:
+        """One dial and stream; return how many messages it delivered."""
+        st = self.state
+        st.attempts += 1
+        try:
+            creds = tls.channel_credentials(self.relay)
+        except ConfigError as exc:
+            # unreadable TLS files: fatal at start, retried later (they may be mid-rotation)
+            if not st.ever_connected:
+                raise FatalStreamError(str(exc)) from exc
+            self._report_error("tls-files", str(exc))
+            return 0
+        options = [
+            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+            ("grpc.keepalive_time_ms", int(self.cfg.keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.cfg.keepalive_timeout * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(self.cfg.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            *tls.channel_options(self.relay),
+        ]
+        if creds is None:
+            channel = grpc.insecure_channel(self.relay.address, options=options)
+        else:
+            channel = grpc.secure_channel(self.relay.address, creds, options=options)
+        received = 0
+        watchdog = None
+        try:
+            call_fn = channel.unary_stream(
+                METHOD, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString, response_deserializer=None
+            )
+            call = call_fn(self.request(), timeout=None, wait_for_ready=False)
+            with self._lock:
+                self._call = call
+                if self._stop.is_set():
+                    call.cancel()
+            self._idle_cancelled = False
+            st.last_message_at = time.monotonic()
+            if self.cfg.idle_timeout > 0:
+                watchdog = threading.Thread(target=self._watch_idle, args=(call,), daemon=True)
+                watchdog.start()
+            for raw in call:
+                if received == 0:
+                    self._connected()
+                received += 1
+                st.last_message_at = time.monotonic()
+                self.on_message(raw)
+            # A follow stream that ends cleanly means the relay closed it (e.g. restart).
+            if not self._stop.is_set():
+                self._report_error("closed", "relay ended the stream")
+        except grpc.RpcError as exc:
+            self._handle_rpc_error(exc, received)
+        finally:
+            with self._lock:
+                self._call = None
+            if st.connected:
+                st.connected = False
+                self.on_event("disconnected", "")
+            channel.close()
+        return received
+
+    def _connected(self) -> None:
+        st = self.state
+        st.connected = True
+        first = not st.ever_connected
+        st.ever_connected = True
+        self.on_event("connected", "first" if first else "resumed")
+
+    def _handle_rpc_error(self, exc: grpc.RpcError, received: int) -> None:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+        if self._stop.is_set():
+            return
+        if code == grpc.StatusCode.CANCELLED and self._pausing:
+            self._pausing = False
+            return
+        if code == grpc.StatusCode.CANCELLED and self._idle_cancelled:
+            self._report_error("idle", f"no message for {self.cfg.idle_timeout:g}s, re-dialling")
+            return
+        if code not in RETRYABLE:
+            raise FatalStreamError(f"relay {self.relay.name}: {code.name}: {details}")
+        if code == grpc.StatusCode.UNAVAILABLE and is_tls_failure(details) and not self.state.ever_connected:
+            raise FatalStreamError(f"relay {self.relay.name}: TLS handshake failed: {_short(details)}")
+        self._report_error(code.name, _short(details))
+
+    def _report_error(self, code: str, detail: str) -> None:
+        self.state.last_error = f"{code}: {detail}"
+        self.on_event("error", f"{code}|{detail}")
+
+    def _watch_idle(self, call) -> None:
+        limit = self.cfg.idle_timeout
+        while not self._stop.is_set():
+            with self._lock:
+                if self._call is not call:
+                    return
+            idle = time.monotonic() - self.state.last_message_at
+            if idle >= limit:
+                self._idle_cancelled = True
+                call.cancel()
+                return
+            self._stop.wait(min(limit - idle, 1.0) + 0.01)
+
+
+def _short(details: str) -> str:
+    """The useful tail of a gRPC connection error."""
+    details = details.strip()
+    marker = "last error:"
+    if marker in details:
+        details = details.split(marker, 1)[1].strip()
+    return details[:300]

@@ -1,0 +1,508 @@
+"""`flowpipe check`: evaluate rule files per cluster and time window inside the sandbox."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from flowpipe.errors import ConfigError, RuleError, StoreError
+from flowpipe.rules import rulefile as rules_mod
+from flowpipe.rules import sandbox
+from flowpipe.rules.rulefile import Rule, RuleFile
+from flowpipe.store.layout import Store, check_cluster
+from flowpipe.views import catalog as views
+
+STATUSES = ("pass", "warn", "fail", "error")
+_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
+_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass
+class RuleResult:
+    """The outcome of one rule on one cluster."""
+
+    file: str
+    stage: str
+    rule: str
+    cluster: str
+    status: str  # pass | warn | fail | error
+    severity: str  # error | warn
+    evidence: int  # flows in scope (rows of the rule's SELECT)
+    violations: int  # flows that break the rule
+    why: str
+    message: str
+    samples: list[dict] = field(default_factory=list)  # up to K offending rows of the flows view
+    duration_s: float = 0.0
+
+
+@dataclass
+class CheckReport:
+    """Every rule on every cluster checked, over one time window."""
+
+    results: list[RuleResult]
+    clusters: list[str]
+    since: datetime | None
+    until: datetime | None
+
+    def passed(self) -> bool:
+        """True when every error-severity rule passed on every cluster (warnings allowed)."""
+        return all(r.status == "pass" for r in self.results if r.severity == "error")
+
+    def stage_status(self) -> dict[tuple[str, str], str]:
+        """(stage, cluster) -> pass | fail | error (error: some rule could not run)."""
+        out: dict[tuple[str, str], str] = {}
+        rank = {"pass": 0, "fail": 1, "error": 2}
+        for r in self.results:
+            status = "error" if r.status == "error" else "fail" if r.status == "fail" else "pass"
+            key = (r.stage, r.cluster)
+            if rank[status] >= rank[out.get(key, "pass")]:
+                out[key] = status
+        return out
+
+    def errors(self) -> list[RuleResult]:
+        """Results whose rule could not run."""
+        return [r for r in self.results if r.status == "error"]
+
+
+def parse_time(text: str | datetime, what: str = "time", *, now: datetime | None = None) -> datetime:
+    """'15m', '2h', '7d' (that long before now), 'now' or RFC3339 -> an aware UTC datetime."""
+    if isinstance(text, datetime):
+        return text.astimezone(UTC) if text.tzinfo else text.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    if value == "now":
+        return now
+    if _DURATION_RE.match(value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _PART_RE.findall(value))
+        return now - timedelta(seconds=seconds)
+    try:
+        dt = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise ConfigError(
+            f"invalid {what} {text!r}: use a duration (15m, 2h, 7d) or RFC3339 (2024-05-01T12:00:00Z)"
+        ) from None
+    return dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def run_check(
+    store: Store,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    clusters: Iterable[str] | None = None,
+    rule_timeout: float = 30.0,
+    memory_limit: str = "1GB",
+    samples: int = 5,
+) -> CheckReport:
+    """Evaluate every rule of the rule files on every cluster over [since, until]."""
+    files = list({rf.path: rf for rf in rules_mod.load([str(p) for p in paths])}.values())
+    for rf in files:
+        validate(rf)
+    since_dt = parse_time(since, "--since") if since is not None else None
+    until_dt = parse_time(until, "--until") if until is not None else None
+    if since_dt and until_dt and since_dt > until_dt:
+        raise ConfigError(f"--since {since_dt.isoformat()} is after --until {until_dt.isoformat()}")
+    if rule_timeout <= 0:
+        raise ConfigError(f"--rule-timeout must be positive, not {rule_timeout:g}")
+    names = _clusters(store, clusters)
+    results: list[RuleResult] = []
+    with store.read_lock():
+        sb = sandbox.Sandbox(store, names, since_dt, until_dt, memory_limit=memory_limit)
+        try:
+            plan = [(rf, rule) for rf in files for rule in rf.rules]
+            # rules that filter rows of one view: every cluster at once, all of them in one scan
+            done = _evaluate_together(sb, plan, names, rule_timeout, memory_limit, samples)
+            results += done.values()
+            rest = [(rf, rule) for rf, rule in plan if (rf.path, rule.name, names[0]) not in done]
+            for cluster in names if rest else []:
+                sb.scope(cluster)
+                for rf, rule in rest:
+                    results += [_evaluate(sb, rf, rule, cluster, rule_timeout, memory_limit, samples)]
+        finally:
+            sb.close()
+    order = {(rf.path, r.name): i for i, (rf, r) in enumerate((rf, r) for rf in files for r in rf.rules)}
+    results.sort(key=lambda r: (order[(r.file, r.rule)], names.index(r.cluster)))
+    return CheckReport(results, names, since_dt, until_dt)
+
+
+def _clusters(store: Store, given: Iterable[str] | None) -> list[str]:
+    names = list(dict.fromkeys(given or [])) or store.clusters()
+    if not names:
+        raise StoreError(f"store {store.root} has no clusters yet: run collect first or pass --cluster")
+    for name in names:
+        try:
+            check_cluster(name)
+        except ValueError as exc:
+            raise ConfigError(f"--cluster: {exc}") from None
+    return names
+
+
+def validate(rf: RuleFile) -> None:
+    """Refuse a rule file whose SQL could do more than read the views (before anything runs)."""
+    for rule in rf.rules:
+        sandbox.check_sql(rule.sql, rule.where(rule.sql_line))
+        for expr, line in zip(rule.asserts, rule.assert_lines):
+            sandbox.check_expression(expr, rule.where(line))
+        for sql in (counts_sql(rule), samples_sql(rule, 1, ordered=True)):
+            sandbox.check_sql(sql, rule.where())  # what actually runs, checked as a whole
+
+
+def counts_sql(rule: Rule) -> str:
+    """SQL returning (evidence, violations) of a rule."""
+    if rule.expect == "all":
+        bad = f"count(*) FILTER (WHERE NOT coalesce(({rule.condition}), false))"
+    elif rule.expect == "none":
+        bad = "count(*)"
+    else:
+        bad = "0"
+    # newline before ')': the rule may end in a -- comment
+    return f"SELECT count(*) AS evidence, {bad} AS violations FROM (\n{rule.sql}\n) AS rule_flows"
+
+
+def samples_sql(rule: Rule, limit: int, *, ordered: bool, cluster: str | None = None) -> str:
+    """SQL returning up to limit offending rows of a rule (oldest first when they have a time);
+    cluster: of that cluster only (views over several clusters)."""
+    conds = [f"NOT coalesce(({rule.condition}), false)"] if rule.expect == "all" else []
+    if cluster is not None:
+        conds.insert(0, f"cluster = {sandbox._quote(check_cluster(cluster))}")
+    cond = f" WHERE {' AND '.join(conds)}" if conds else ""
+    order = " ORDER BY time" if ordered else ""
+    return f"SELECT * FROM (\n{rule.sql}\n) AS rule_flows{cond}{order} LIMIT {int(limit)}"
+
+
+@dataclass
+class _Shape:
+    """A rule that filters rows of one base view (flows or events): `SELECT * FROM v WHERE c`."""
+
+    rf: RuleFile
+    rule: Rule
+    base: str
+    scope: str  # the rows the rule is about, as one condition over the base view
+    keys: list[list[str]]  # per AND term of the rule's WHERE: scan-filterable comparisons (see sandbox.conjuncts)
+    view_keys: list[str]  # scan-filterable terms of the view's own filter (e.g. event_type = 5)
+
+
+def _shape(rf: RuleFile, rule: Rule) -> _Shape | None:
+    """The rule as a row filter of flows/events, or None when it is more than that."""
+    found = sandbox.row_filter(rule.sql)
+    if found is None:
+        return None
+    view, cond = found
+    conds = [cond] if cond else []
+    keys = [k for _, k in sandbox.conjuncts(cond)] if cond else []
+    view_keys: list[str] = []
+    while view not in ("flows", "events"):  # a convenience view: its own filter of flows/events
+        inner = views.CONVENIENCE_VIEWS.get(view)
+        found = sandbox.row_filter(inner) if inner else None
+        if found is None:
+            return None
+        view, cond = found
+        conds = ([cond] if cond else []) + conds
+        view_keys += [k[0] for _, k in sandbox.conjuncts(cond) if len(k) == 1] if cond else []
+    return _Shape(rf, rule, view, " AND ".join(f"({c})" for c in conds) or "true", keys, view_keys)
+
+
+@dataclass
+class _Piece:
+    """Rows of one rule read by one scan: those of `key` (filtered inside the scan) and `extra`."""
+
+    shape: _Shape
+    key: str | None
+    extra: str | None  # earlier OR branches are not true: the pieces of a rule are disjoint
+
+    @property
+    def rows(self) -> str:
+        """The piece's rows as one condition (without the scan's WHERE)."""
+        return " AND ".join([f"({self.key})"] * (self.key is not None) + [self.shape.scope] + [self.extra] * bool(self.extra))
+
+    @property
+    def violations(self) -> str:
+        if self.shape.rule.expect == "all":
+            return f"{self.rows} AND NOT coalesce(({self.shape.rule.condition}), false)"
+        return self.rows if self.shape.rule.expect == "none" else "false"
+
+
+def _pieces(shapes: list[_Shape]) -> list[_Piece]:
+    """Split every rule into pieces, each read by the scan of one key.
+
+    A rule's key is one of its column = constant terms: rows failing it are skipped inside the
+    scan, before DuckDB decodes the other columns (e.g. label lists). A rule whose only such
+    terms sit in an OR (src_namespace = 'shop' OR dst_namespace = 'shop') is read in disjoint
+    pieces, one per branch. Keys are chosen so that few scans cover every rule: each scan
+    costs a pass over every file of the window."""
+    chosen: list[str] = []
+
+    def options(sh: _Shape) -> tuple[list[str], list[list[str]]]:
+        singles = [ks[0] for ks in sh.keys if len(ks) == 1]
+        splits = [ks for ks in sh.keys if len(ks) > 1]
+        return (singles, splits) if singles or splits else (sh.view_keys, [])
+
+    def covered(sh: _Shape) -> bool:
+        singles, splits = options(sh)
+        return any(k in chosen for k in singles) or any(all(k in chosen for k in ks) for ks in splits)
+
+    # rules that can only be read in pieces need every branch of one of their ORs
+    for sh in shapes:
+        singles, splits = options(sh)
+        if not singles and splits and not covered(sh):
+            best = max(splits, key=lambda ks: sum(k in chosen for k in ks))
+            chosen += [k for k in best if k not in chosen]
+    # then, greedily, the key shared by most rules not yet covered
+    while True:
+        todo = [sh for sh in shapes if not covered(sh) and options(sh)[0]]
+        if not todo:
+            break
+        votes: dict[str, int] = {}
+        for sh in todo:
+            for k in dict.fromkeys(options(sh)[0]):
+                votes[k] = votes.get(k, 0) + 1
+        chosen.append(max(votes, key=lambda k: votes[k]))
+    out = []
+    for sh in shapes:
+        singles, splits = options(sh)
+        key = next((k for k in chosen if k in singles), None)
+        if key is not None or not splits:
+            out.append(_Piece(sh, key, None))
+            continue
+        branches = next(ks for ks in splits if all(k in chosen for k in ks))
+        for i, k in enumerate(branches):
+            extra = " AND ".join(f"({b}) IS NOT TRUE" for b in branches[:i]) or None
+            out.append(_Piece(sh, k, extra))
+    return out
+
+
+def together_sql(base: str, key: str | None, pieces: list[_Piece], k: int = 0) -> str:
+    """One scan of base: per cluster and piece, evidence (e<i>), violations (v<i>) and, for
+    samples, the times of the k oldest violations (t<i>) and how many violations have a time (n<i>)."""
+    cols = []
+    for i, pc in enumerate(pieces):
+        cols.append(f"count(*) FILTER (WHERE {pc.rows}) AS e{i}")
+        cols.append(f"count(*) FILTER (WHERE {pc.violations}) AS v{i}")
+        if k > 0:
+            cols.append(f"min(epoch_ns(time), {int(k)}) FILTER (WHERE {pc.violations}) AS t{i}")
+            cols.append(f"count(time) FILTER (WHERE {pc.violations}) AS n{i}")
+    # the key alone is filtered inside the scan; any piece's rows are then picked before the
+    # view's columns are computed (they are, for those rows only)
+    anyone = " OR ".join(dict.fromkeys(f"({pc.shape.scope})" for pc in pieces))
+    where = f"({key}) AND ({anyone})" if key else anyone
+    return f"SELECT cluster,\n  {_SEP.join(cols)}\nFROM {base}\nWHERE {where}\nGROUP BY cluster"
+
+
+_SEP = ",\n  "
+_FLAG = "__flowpipe_sample_"  # columns added to sample rows, dropped before they are reported
+
+
+def samples_fetch_sql(base: str, times: list[int], pieces: list[_Piece]) -> str:
+    """Rows of base at the given times (ns) with, per piece, whether they violate it."""
+    flags = [f"({pc.violations}) AS {_FLAG}{i}" for i, pc in enumerate(pieces)]
+    at = ", ".join(_ts_ns(t) for t in sorted(set(times)))
+    return f"SELECT *,\n  {_SEP.join(flags)}\nFROM {base}\nWHERE time IN ({at})"
+
+
+def _ts_ns(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return f"'{datetime.fromtimestamp(sec, UTC):%Y-%m-%d %H:%M:%S}.{frac:09d}+00'::TIMESTAMPTZ_NS"
+
+
+def _evaluate_together(
+    sb: sandbox.Sandbox, plan: list[tuple[RuleFile, Rule]], names: list[str], timeout: float, memory_limit: str,
+    k: int,
+) -> dict[tuple[str, str, str], RuleResult]:
+    """Results of the row-filter rules, keyed (file, rule, cluster): a few scans for all of them and
+    all clusters (one per key, see _pieces), instead of one per rule and cluster.
+
+    A scan that fails or runs out of time leaves its rules to the per-cluster path, which then
+    reports each rule's own error (its time limit is the sum of its rules' on every cluster)."""
+    shapes = [sh for rf, rule in plan if (sh := _shape(rf, rule)) is not None]
+    if not shapes:
+        return {}
+    sb.scope_all()
+    scans: dict[tuple[str, str | None], list[_Piece]] = {}
+    for pc in _pieces(shapes):
+        scans.setdefault((pc.shape.base, pc.key), []).append(pc)
+    counts: dict[tuple[int, str], list[int]] = {}  # (id of shape, cluster) -> [evidence, violations]
+    times: dict[tuple[int, str], list[int]] = {}  # times of the oldest violations (samples)
+    timed: dict[tuple[int, str], int] = {}  # violations that have a time
+    spent: dict[int, float] = {}
+    failed: set[int] = set()
+    for (base, key), pieces in scans.items():
+        sql = together_sql(base, key, pieces, k)
+        started = time.monotonic()
+        try:
+            sandbox.check_sql(sql, f"rules over {base}")  # built from checked parts; checked whole anyway
+            _, rows = sb.run(sql, timeout * len({id(pc.shape) for pc in pieces}) * len(names))
+        except (RuleError, sandbox.RuleTimeout, duckdb.Error):
+            failed.update(id(pc.shape) for pc in pieces)
+            continue
+        per = {row[0]: row[1:] for row in rows}
+        width = 4 if k > 0 else 2
+        for i, pc in enumerate(pieces):
+            sid = id(pc.shape)
+            spent[sid] = spent.get(sid, 0.0) + (time.monotonic() - started) / len(pieces)
+            for cluster in names:
+                got = per.get(cluster)
+                acc = counts.setdefault((sid, cluster), [0, 0])
+                if got is None:
+                    continue
+                acc[0] += int(got[width * i])
+                acc[1] += int(got[width * i + 1])
+                if k > 0:
+                    times.setdefault((sid, cluster), []).extend(got[width * i + 2] or [])
+                    timed[(sid, cluster)] = timed.get((sid, cluster), 0) + int(got[width * i + 3])
+    out: dict[tuple[str, str, str], RuleResult] = {}
+    for sh in shapes:
+        if id(sh) in failed:
+            continue
+        for cluster in names:
+            evidence, violations = counts.get((id(sh), cluster), [0, 0])
+            res = RuleResult(sh.rf.path, sh.rf.stage, sh.rule.name, cluster, "error", sh.rule.severity,
+                             evidence, violations, sh.rule.why, "")
+            failed_rule, res.message = _judge(sh.rule, res.evidence, res.violations)
+            res.status = ("warn" if sh.rule.severity == "warn" else "fail") if failed_rule else "pass"
+            res.duration_s = spent.get(id(sh), 0.0) / len(names)
+            out[(sh.rf.path, sh.rule.name, cluster)] = res
+    if k > 0:
+        _samples_together(sb, [sh for sh in shapes if id(sh) not in failed], scans, out, names, times, timed,
+                          timeout, memory_limit, k)
+    for res in out.values():
+        res.duration_s = round(res.duration_s, 6)
+    return out
+
+
+def _samples_together(
+    sb: sandbox.Sandbox, shapes: list[_Shape], scans: dict[tuple[str, str | None], list[_Piece]],
+    out: dict[tuple[str, str, str], RuleResult], names: list[str], times: dict[tuple[int, str], list[int]],
+    timed: dict[tuple[int, str], int], timeout: float, memory_limit: str, k: int,
+) -> None:
+    """Samples of the failed results: the count scans gave the times of each one's k oldest
+    violations; one query per base view fetches the rows at those times and says which rule
+    (piece) each violates, and each result keeps its k oldest (ORDER BY time LIMIT k, ties
+    in any order, as samples_sql). Results whose samples need rows without a time, or whose
+    fetch fails, take them per rule and cluster as _evaluate does."""
+    wanted: dict[tuple[int, str], RuleResult] = {}
+    alone: dict[tuple[int, str], tuple[Rule, RuleResult]] = {}
+    for sh in shapes:
+        for cluster in names:
+            res = out[(sh.rf.path, sh.rule.name, cluster)]
+            if res.status in ("fail", "warn") and res.violations:
+                if timed.get((id(sh), cluster), 0) >= min(k, res.violations):
+                    wanted[(id(sh), cluster)] = res
+                else:  # some of the k oldest have no time: the plain query orders them last
+                    alone[(id(sh), cluster)] = (sh.rule, res)
+    bases: dict[str, list[_Piece]] = {}
+    for (base, _), pieces in scans.items():
+        bases.setdefault(base, []).extend(pc for pc in pieces if any((id(pc.shape), c) in wanted for c in names))
+    for base, pieces in bases.items():
+        at = [t for pc in pieces for c in names if (id(pc.shape), c) in wanted for t in times.get((id(pc.shape), c), [])]
+        if not at:
+            continue
+        sql = samples_fetch_sql(base, at, pieces)
+        started = time.monotonic()
+        try:
+            sandbox.check_sql(sql, f"samples over {base}")
+            # the files holding those rows, from a scan of the time column alone; then all the
+            # columns of those few files (a wide scan of every file costs seconds)
+            _, found = sb.run(f"SELECT DISTINCT filename FROM {base}_proto_files WHERE time IN "
+                              f"({', '.join(_ts_ns(t) for t in sorted(set(at)))})", timeout)
+            sb.scope_all(only={f for (f,) in found})
+            cols, rows = sb.run(sql, timeout * len(wanted))
+        except (RuleError, sandbox.RuleTimeout, duckdb.Error):
+            alone.update({key: (next(sh.rule for sh in shapes if id(sh) == key[0]), res)
+                          for key, res in wanted.items() if any(id(pc.shape) == key[0] for pc in pieces)})
+            continue
+        share = (time.monotonic() - started) / max(1, len(wanted))
+        nflags = len(pieces)
+        names_ = cols[: len(cols) - nflags]
+        got: dict[tuple[int, str], list[dict]] = {}
+        for row in rows:
+            record = dict(zip(names_, row[: len(cols) - nflags]))
+            for i, flag in enumerate(row[len(cols) - nflags:]):
+                key = (id(pieces[i].shape), record.get("cluster"))
+                if flag and key in wanted:
+                    got.setdefault(key, []).append(record)
+        for key, res in wanted.items():
+            if any(id(pc.shape) == key[0] for pc in pieces):
+                res.samples = _oldest(got.get(key, []), k)
+                res.duration_s += share
+    if alone:
+        sb.scope_all()  # every file again
+    for (_, cluster), (rule, res) in alone.items():
+        started = time.monotonic()
+        try:  # a failure here is reported as _evaluate reports it
+            res.samples = _samples(sb, rule, k, timeout, cluster)
+        except (sandbox.RuleTimeout, duckdb.Error) as exc:
+            res.message = _failure(exc, memory_limit)
+        res.duration_s += time.monotonic() - started
+
+
+def _oldest(rows: list[dict], k: int) -> list[dict]:
+    return sorted(rows, key=lambda r: (r.get("time") is None, r.get("time") or 0))[:k]
+
+
+def _evaluate(
+    sb: sandbox.Sandbox, rf: RuleFile, rule: Rule, cluster: str, timeout: float, memory_limit: str, k: int
+) -> RuleResult:
+    res = RuleResult(rf.path, rf.stage, rule.name, cluster, "error", rule.severity, 0, 0, rule.why, "")
+    started = time.monotonic()
+    try:
+        _, rows = sb.run(counts_sql(rule), timeout)
+        res.evidence, res.violations = int(rows[0][0]), int(rows[0][1])
+        failed, res.message = _judge(rule, res.evidence, res.violations)
+        res.status = ("warn" if rule.severity == "warn" else "fail") if failed else "pass"
+        if failed and res.violations and k > 0:
+            left = max(0.1, timeout - (time.monotonic() - started))
+            res.samples = _samples(sb, rule, k, left)
+    except (sandbox.RuleTimeout, duckdb.Error) as exc:
+        res.message = _failure(exc, memory_limit)
+    if res.status == "error":
+        res.message = f"{rule.where()}: {res.message}"
+    res.duration_s = round(time.monotonic() - started, 6)
+    return res
+
+
+def _failure(exc: Exception, memory_limit: str) -> str:
+    """The message of a rule query that could not run."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return f"out of memory (--memory-limit {memory_limit})"
+    if isinstance(exc, duckdb.Error):
+        return f"SQL error: {_first_line(exc)}"
+    return str(exc)  # the rule's timeout
+
+
+def _judge(rule: Rule, evidence: int, violations: int) -> tuple[bool, str]:
+    """(failed, message) for a rule's counts."""
+    if rule.expect == "none":
+        if violations:
+            return True, f"{violations} flow{_s(violations)} match; expected none"
+        return False, "no flow matches"
+    if rule.expect == "all" and violations:
+        return True, f"{violations} of {evidence} flows violate: {rule.condition}"
+    if evidence < rule.min_flows:
+        return True, f"{evidence} flow{_s(evidence)} in scope; need at least {rule.min_flows} (no evidence in the window?)"
+    if rule.expect == "all":
+        return False, f"all {evidence} flows satisfy the assert"
+    return False, f"{evidence} flows (at least {rule.min_flows})"
+
+
+def _samples(sb: sandbox.Sandbox, rule: Rule, k: int, timeout: float, cluster: str | None = None) -> list[dict]:
+    try:
+        names, rows = sb.run(samples_sql(rule, k, ordered=True, cluster=cluster), timeout)
+    except duckdb.BinderException:  # the rule's rows have no time column: any order
+        names, rows = sb.run(samples_sql(rule, k, ordered=False, cluster=cluster), timeout)
+    return [dict(zip(names, row)) for row in rows]
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).strip().splitlines()[:1])

@@ -1,0 +1,218 @@
+"""Render a CheckReport as text for people, JSON for scripts or JUnit XML for CI; exit codes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import json
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from flowpipe.rules.check import CheckReport, RuleResult
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+FORMATS = ("text", "json", "junit")
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def exit_code(report: CheckReport) -> int:
+    """0 all error-severity rules pass (warnings allowed), 1 a rule failed, 2 a rule could not run."""
+    if report.errors():
+        return EXIT_ERROR
+    return EXIT_OK if report.passed() else EXIT_FAILED
+
+
+def render(report: CheckReport, fmt: str) -> str:
+    """The report in fmt (text, json or junit)."""
+    if fmt == "json":
+        return render_json(report)
+    if fmt == "junit":
+        return render_junit(report)
+    return render_text(report)
+
+
+def flow_line(row: Mapping[str, Any]) -> str:
+    """One offending flow the way `hubble observe` prints it (plus policy names)."""
+    try:
+        from flowpipe.codec.hubble import compact_line_row
+    except ImportError:  # pragma: no cover - the formatter ships with flowpipe
+        compact_line_row = None
+    if compact_line_row is not None:
+        try:
+            return compact_line_row(row)
+        except Exception:  # a rule may select partial rows; never lose the report over a line
+            pass
+    return _simple_line(row)
+
+
+def _simple_line(row: Mapping[str, Any]) -> str:
+    t = row.get("time")
+    when = t.strftime("%b %d %H:%M:%S.%f")[:-3] if isinstance(t, _dt.datetime) else "N/A"
+
+    def side(p: str) -> str:
+        host = "/".join(x for x in (row.get(f"{p}_namespace"), row.get(f"{p}_pod")) if x) or row.get(f"{p}_ip") or "?"
+        port = row.get(f"{p}_port")
+        return f"{host}:{port}" if port else str(host)
+
+    if "src_namespace" not in row and "time" not in row:
+        return json.dumps(dict(row), default=_json_default, sort_keys=True)[:300]
+    what = " ".join(str(row.get(k)) for k in ("event", "verdict") if row.get(k))
+    summary = row.get("summary") or ""
+    return f"{when}: {side('src')} -> {side('dst')} {what} ({summary})"
+
+
+# ------------------------------------------------------------------ text
+
+
+def _period(report: CheckReport) -> str:
+    if not report.since and not report.until:
+        return "all stored flows"
+    since = _iso(report.since) if report.since else "the first stored flow"
+    until = _iso(report.until) if report.until else "now"
+    return f"flows from {since} to {until}"
+
+
+def render_text(report: CheckReport) -> str:
+    """A table of rule x cluster results, then why and sample flows of every failure."""
+    files = list(dict.fromkeys(r.file for r in report.results))
+    prefix = len(files) > 1
+    lines = [f"flowpipe check: {', '.join(files)} on {', '.join(report.clusters)}; {_period(report)}", ""]
+    rows = [
+        (f"{r.file}/{r.rule}" if prefix else r.rule, r.cluster, r.status.upper() if r.status != "pass" else "pass",
+         str(r.evidence), str(r.violations))
+        for r in report.results
+    ]
+    head = ("RULE", "CLUSTER", "STATUS", "EVIDENCE", "VIOLATIONS")
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(5)]
+    for row in [head, *rows]:
+        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    # one block per failing rule and message: "no evidence" on five clusters is one finding
+    blocks: dict[tuple, list[RuleResult]] = {}
+    for r in report.results:
+        if r.status != "pass":
+            key = (r.file, r.rule, r.status, r.message, id(r) if r.samples else None)
+            blocks.setdefault(key, []).append(r)
+    for group in blocks.values():
+        lines += ["", *_failure_text(group)]
+    lines.append("")
+    stages = report.stage_status()
+    for stage in dict.fromkeys(s for s, _ in stages):
+        states = ", ".join(f"{c} {stages[(stage, c)]}" for c in report.clusters if (stage, c) in stages)
+        lines.append(f"stage {stage}: {states}")
+    counts = Counter(r.status for r in report.results)
+    verdict = {EXIT_OK: "PASS", EXIT_FAILED: "FAIL", EXIT_ERROR: "ERROR"}[exit_code(report)]
+    lines.append(
+        f"result: {verdict} ({counts['pass']} passed, {counts['warn']} warnings, "
+        f"{counts['fail']} failed, {counts['error']} errors)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _failure_text(group: list[RuleResult]) -> list[str]:
+    r = group[0]
+    where = ", ".join(g.cluster for g in group)
+    out = [f"{r.status.upper()} {r.rule} on {where} ({r.file}): {r.message}", f"  why: {r.why}"]
+    for row in r.samples:
+        out.append(f"  {flow_line(row)}")
+    if r.violations > len(r.samples) and r.samples:
+        out.append(f"  ... and {r.violations - len(r.samples)} more (paste the rule's SELECT into flowpipe query)")
+    return out
+
+
+# ------------------------------------------------------------------ json
+
+
+def _iso(dt: _dt.datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
+        return v.isoformat()
+    if isinstance(v, (decimal.Decimal, uuid.UUID)):
+        return str(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, _dt.timedelta):
+        return v.total_seconds()
+    return str(v)
+
+
+def result_dict(r: RuleResult) -> dict[str, Any]:
+    """One result with stable keys (samples as flows-view rows plus their compact lines)."""
+    return {
+        "file": r.file,
+        "stage": r.stage,
+        "rule": r.rule,
+        "cluster": r.cluster,
+        "status": r.status,
+        "severity": r.severity,
+        "evidence": r.evidence,
+        "violations": r.violations,
+        "why": r.why,
+        "message": r.message,
+        "duration_s": r.duration_s,
+        "sample_lines": [flow_line(s) for s in r.samples],
+        "samples": r.samples,
+    }
+
+
+def render_json(report: CheckReport) -> str:
+    """One JSON document with stable keys, for scripts."""
+    counts = Counter(r.status for r in report.results)
+    doc = {
+        "passed": report.passed(),
+        "exit_code": exit_code(report),
+        "since": _iso(report.since),
+        "until": _iso(report.until),
+        "clusters": report.clusters,
+        "counts": {s: counts.get(s, 0) for s in ("pass", "warn", "fail", "error")},
+        "stages": [{"stage": s, "cluster": c, "status": v} for (s, c), v in report.stage_status().items()],
+        "results": [result_dict(r) for r in report.results],
+    }
+    return json.dumps(doc, indent=2, default=_json_default) + "\n"
+
+
+# ------------------------------------------------------------------ junit
+
+
+def _x(text: str) -> str:
+    return _XML_BAD.sub("?", text)
+
+
+def render_junit(report: CheckReport) -> str:
+    """JUnit XML: a testsuite per rule file, a testcase per rule x cluster."""
+    root = ET.Element("testsuites", name="flowpipe check")
+    by_file: dict[str, list[RuleResult]] = {}
+    for r in report.results:
+        by_file.setdefault(r.file, []).append(r)
+    for file, results in by_file.items():
+        counts = Counter(r.status for r in results)
+        suite = ET.SubElement(
+            root, "testsuite", name=_x(file), tests=str(len(results)), failures=str(counts["fail"]),
+            errors=str(counts["error"]), skipped="0", time=f"{sum(r.duration_s for r in results):.3f}",
+        )
+        for r in results:
+            case = ET.SubElement(
+                suite, "testcase", classname=_x(f"flowpipe.{r.stage}.{r.cluster}"), name=_x(r.rule),
+                time=f"{r.duration_s:.3f}",
+            )
+            body = "\n".join([f"why: {r.why}", *(flow_line(s) for s in r.samples)])
+            if r.status == "fail":
+                ET.SubElement(case, "failure", message=_x(r.message), type="fail").text = _x(body)
+            elif r.status == "error":
+                ET.SubElement(case, "error", message=_x(r.message), type="error").text = _x(body)
+            elif r.status == "warn":  # JUnit has no warning: a passing case that says so
+                ET.SubElement(case, "system-out").text = _x(f"WARNING: {r.message}\n{body}")
+    total = Counter(r.status for r in report.results)
+    root.set("tests", str(len(report.results)))
+    root.set("failures", str(total["fail"]))
+    root.set("errors", str(total["error"]))
+    root.set("time", f"{sum(r.duration_s for r in report.results):.3f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

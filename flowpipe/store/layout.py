@@ -1,0 +1,419 @@
+"""The Parquet store: hive-partitioned files per cluster and hour, committed atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flowpipe.codec import storage
+from flowpipe.errors import StoreError
+from flowpipe.ingest import dedup
+
+FLOWS = "flows"
+EVENTS = "events"
+INCOMING = ".incoming"
+COMPACT_LOCK = ".compact.lock"
+LOCK = ".lock"
+DB_FILE = "flowpipe.duckdb"
+ENV = "FLOWPIPE_STORE"
+CLUSTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True}
+FORMAT_VERSION = "1"
+SCHEMA_CLUSTER = "_schema"  # cannot clash: cluster names start with a letter or digit
+
+
+def check_cluster(name: str) -> str:
+    """Return name if it is usable as a cluster partition value, else raise ValueError."""
+    if not CLUSTER_RE.match(name):
+        raise ValueError(
+            f"invalid cluster name {name!r}: use letters, digits, '.', '_' or '-' (max 63)"
+        )
+    return name
+
+
+@dataclass
+class WriteResult:
+    files: list[Path] = field(default_factory=list)
+    pending: list[tuple[Path, Path]] = field(default_factory=list)
+    flows: int = 0
+    events: int = 0
+    bytes: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe_os_error(exc: OSError, what: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device while {what}"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded while {what}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied while {what}"
+    if exc.errno == errno.EROFS:
+        return f"read-only file system while {what}"
+    return f"{exc.strerror or exc} while {what}"
+
+
+class Store:
+    """A store root: flows/ and events/ partitions, an .incoming/ area and the DuckDB file."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().absolute()
+
+    # -------------------------------------------------------------- layout
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None, *, create: bool = False) -> Store:
+        """The store at root (or $FLOWPIPE_STORE); raise StoreError when it does not exist."""
+        if root is None:
+            root = os.environ.get(ENV)
+        if not root:
+            raise StoreError(f"no store given: pass --store PATH or set {ENV}")
+        store = cls(root)
+        if create:
+            store.ensure()
+        elif not (store.root / FLOWS).is_dir():
+            raise StoreError(f"no flowpipe store at {store.root} (run collect or import first)")
+        return store
+
+    def ensure(self) -> None:
+        """Create the store directories."""
+        try:
+            for sub in (FLOWS, EVENTS, INCOMING):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / LOCK).touch(exist_ok=True)
+            self._write_schema_files()
+        except OSError as exc:
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'creating it')}") from exc
+
+    def _write_schema_files(self) -> None:
+        # An empty file with the current schema in every glob: views work on an empty store,
+        # and union_by_name gives old files the columns newer versions added.
+        for kind, sch in ((FLOWS, storage.storage_schema()), (EVENTS, storage.events_schema())):
+            d = self.root / kind / f"cluster={SCHEMA_CLUSTER}" / "date=1970-01-01" / "hour=00"
+            path = d / f"schema-v{FORMAT_VERSION}.parquet"
+            if path.exists():
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = self.tmp_path(f"{kind}-schema.parquet")
+            pq.write_table(sch.empty_table(), tmp)
+            os.rename(tmp, path)
+
+    def tmp_path(self, name: str) -> Path:
+        """A temporary file for name under .incoming/, tagged with this process's writer token.
+
+        The token's lock file stays locked while the process lives, so clean_incoming (run by
+        every collector at start) removes only what dead writers left, never a live importer's
+        or compactor's file."""
+        incoming = self.root / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        key = (os.getpid(), str(self.root))
+        token = _TOKENS.get(key)
+        if token is None:
+            token = f"w{uuid.uuid4().hex[:12]}"
+            fd = os.open(incoming / f"{token}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel when the process dies
+            _TOKENS[key] = token
+            _LOCK_FDS.append(fd)
+        return incoming / f"{token}.{name}.tmp"
+
+    def glob(self, kind: str = FLOWS) -> str:
+        """The DuckDB glob that matches every committed file of kind (never temporary files)."""
+        return str(self.root / kind / "*" / "*" / "*" / "*.parquet")
+
+    def files(self, kind: str = FLOWS, cluster: str | None = None) -> list[Path]:
+        """Committed Parquet files of kind, optionally of one cluster, sorted by path."""
+        base = self.root / kind
+        pattern = f"cluster={cluster}/*/*/*.parquet" if cluster else "cluster=*/*/*/*.parquet"
+        return sorted(p for p in base.glob(pattern) if p.parent.parent.parent.name != f"cluster={SCHEMA_CLUSTER}")
+
+    def clusters(self) -> list[str]:
+        """Clusters that have a flows or events partition."""
+        names = set()
+        for kind in (FLOWS, EVENTS):
+            base = self.root / kind
+            if base.is_dir():
+                names.update(p.name.split("=", 1)[1] for p in base.glob("cluster=*") if p.is_dir())
+        names.discard(SCHEMA_CLUSTER)
+        return sorted(names)
+
+    def partition_dir(self, kind: str, cluster: str, hour_start_ns: int) -> Path:
+        dt = datetime.fromtimestamp(hour_start_ns / 1e9, tz=UTC)
+        return self.root / kind / f"cluster={cluster}" / f"date={dt:%Y-%m-%d}" / f"hour={dt:%H}"
+
+    # -------------------------------------------------------------- locking
+
+    @contextlib.contextmanager
+    def read_lock(self) -> Iterator[None]:
+        """Hold off compaction's file swap while a query reads (writers never wait)."""
+        with self._lock(fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def swap_lock(self) -> Iterator[None]:
+        """Exclusive against readers, for the instant compaction swaps files."""
+        with self._lock(fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def compact_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Held by the one compaction of the store; yields False when another holds it and not wait."""
+        try:
+            fd = os.open(self.root / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'locking it for compaction')}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int) -> Iterator[None]:
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            # a read-only store (e.g. a mounted snapshot) cannot be compacted either
+            yield
+            return
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    # -------------------------------------------------------------- writing
+
+    def write(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
+        """Commit flows and events of one cluster: one file per hour partition, all or nothing each."""
+        staged = self.stage(cluster, flows, events)
+        self.publish(staged)
+        return staged
+
+    def stage(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
+        """Write files under .incoming/ without publishing them (see publish / discard)."""
+        check_cluster(cluster)
+        result = WriteResult()
+        try:
+            for kind, table in ((FLOWS, flows), (EVENTS, events)):
+                if table is None or table.num_rows == 0:
+                    continue
+                for hour_ns, part in _by_hour(table):
+                    tmp, final, size = self._write_tmp(kind, cluster, hour_ns, part)
+                    result.pending.append((tmp, final))
+                    result.bytes += size
+                if kind == FLOWS:
+                    result.flows += table.num_rows
+                else:
+                    result.events += table.num_rows
+        except StoreError:
+            self.discard(result)
+            raise
+        return result
+
+    def publish(self, staged: WriteResult) -> None:
+        """Rename staged files into their partitions and fsync: all of them, or none.
+
+        Directories are made first (a full disk fails there, before anything is visible); a
+        rename failing halfway moves the files already published back out, so callers can
+        retry the whole batch without storing anything twice."""
+        done: list[tuple[Path, Path]] = []
+        try:
+            dirs = {final.parent for _, final in staged.pending}
+            for d in dirs:
+                d.mkdir(parents=True, exist_ok=True)
+            for tmp, final in staged.pending:
+                os.rename(tmp, final)
+                done.append((tmp, final))
+            for d in dirs:
+                _fsync_dir(d)
+        except OSError as exc:
+            for tmp, final in done:
+                with contextlib.suppress(OSError):
+                    os.rename(final, tmp)
+            self.discard(staged)
+            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'publishing files')}") from exc
+        staged.files.extend(final for _, final in staged.pending)
+        staged.pending.clear()
+
+    def discard(self, staged: WriteResult) -> None:
+        """Delete staged files that were not published."""
+        for tmp, _ in staged.pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        staged.pending.clear()
+
+    def _write_tmp(self, kind: str, cluster: str, hour_ns: int, table: pa.Table) -> tuple[Path, Path, int]:
+        final_dir = self.partition_dir(kind, cluster, hour_ns)
+        first = pc.min(table.column("time")).value if table.num_rows else 0
+        name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
+        what = f"writing {final_dir.relative_to(self.root) / name}"
+        tmp = self.root / INCOMING / f"{name}.tmp"
+        try:
+            tmp = self.tmp_path(name)
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh, **PARQUET_OPTIONS, row_group_size=256 * 1024)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return tmp, final_dir / name, tmp.stat().st_size
+        except (OSError, pa.ArrowException) as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            reason = _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            raise StoreError(f"store {self.root}: {reason}") from exc
+
+    def clean_incoming(self) -> int:
+        """Remove temporary files left by killed writers (never a live writer's); return how many."""
+        incoming = self.root / INCOMING
+        alive: dict[str, bool] = {}
+        n = 0
+        for tmp in sorted(incoming.glob("*.tmp")):
+            token = tmp.name.split(".", 1)[0]
+            if token not in alive:
+                alive[token] = _locked(incoming / f"{token}.lock")
+            if alive[token]:
+                continue
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                n += 1
+        # a lock file is created just before it is locked: only old unlocked ones are dead
+        for lock in incoming.glob("*.lock"):
+            with contextlib.suppress(OSError):
+                if time.time() - lock.stat().st_mtime > 60 and not _locked(lock):
+                    lock.unlink()
+        return n
+
+    # -------------------------------------------------------------- reading state
+
+    def last_time(self, cluster: str) -> int | None:
+        """Newest flow time (ns) stored for cluster, from Parquet statistics."""
+        newest = None
+        for part in reversed(_hour_dirs(self.root / FLOWS / f"cluster={cluster}")):
+            for path in part.glob("*.parquet"):
+                t = _max_time(path)
+                if t is not None and (newest is None or t > newest):
+                    newest = t
+            if newest is not None:
+                return newest
+        return None
+
+    def keys_between(self, cluster: str, lo_ns: int, hi_ns: int | None = None) -> set[int]:
+        """Dedup keys (see dedup.keys) of the flows stored for cluster in [lo_ns, hi_ns]."""
+        found: set[int] = set()
+        hour = 3_600_000_000_000
+        for part in _hour_dirs(self.root / FLOWS / f"cluster={cluster}"):
+            start = _dir_hour_ns(part)
+            if start + hour <= lo_ns or (hi_ns is not None and start > hi_ns):
+                continue
+            for path in part.glob("*.parquet"):
+                newest = _max_time(path)
+                if newest is not None and newest < lo_ns:
+                    continue  # the footer says every flow in it is older: skip reading it
+                try:
+                    t = pq.read_table(path, columns=["time", "uuid", "_uuid", "_fp"])
+                except (OSError, pa.ArrowException) as exc:
+                    raise StoreError(f"store {self.root}: cannot read {path}: {exc}") from exc
+                ttype = t.schema.field("time").type
+                cond = pc.greater_equal(t.column("time"), pa.scalar(lo_ns, ttype))
+                if hi_ns is not None:
+                    cond = pc.and_(cond, pc.less_equal(t.column("time"), pa.scalar(hi_ns, ttype)))
+                t = t.filter(cond)
+                if t.num_rows:
+                    found.update(dedup.keys(storage.from_storage(t)))
+        return found
+
+
+_TOKENS: dict[tuple[int, str], str] = {}  # (pid, store root) -> writer token
+_LOCK_FDS: list[int] = []  # held open (and locked) for the life of the process
+
+
+def _locked(lock: Path) -> bool:
+    """True when a live process holds lock (its writer token's lock file)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: a writer from before tokens, or one that is gone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _hour_dirs(cluster_dir: Path) -> list[Path]:
+    return sorted(p for p in cluster_dir.glob("date=*/hour=*") if p.is_dir())
+
+
+def _dir_hour_ns(part: Path) -> int:
+    date = part.parent.name.split("=", 1)[1]
+    hour = int(part.name.split("=", 1)[1])
+    dt = datetime.strptime(date, "%Y-%m-%d").replace(hour=hour, tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000
+
+
+def _max_time(path: Path) -> int | None:
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return None
+    names = meta.schema.names
+    if "time" not in names:
+        return None
+    col = names.index("time")
+    newest = None
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        ns = stats.max_raw  # physical int64 nanoseconds (the logical value would be a datetime)
+        if newest is None or ns > newest:
+            newest = ns
+    return newest
+
+
+def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """Split table by the hour of its time column (rows without time go to hour 0), sorted by time."""
+    hour_ns = 3_600_000_000_000
+    times = table.column("time").cast(pa.int64()).fill_null(0)
+    hours = pc.multiply(pc.divide(times, hour_ns), hour_ns)  # integer division
+    span = pc.min_max(hours)
+    if span["min"] == span["max"]:
+        # the usual case (one flush, one hour): skip the filter copy; sort only if needed
+        ordered = len(times) < 2 or pc.all(pc.less_equal(times.slice(0, len(times) - 1), times.slice(1))).as_py()
+        yield span["min"].as_py(), table if ordered else table.take(pc.sort_indices(times))
+        return
+    table = table.append_column("__hour", hours)
+    for h in pc.unique(hours).to_pylist():
+        part = table.filter(pc.equal(table.column("__hour"), h)).drop_columns(["__hour"])
+        order = pc.sort_indices(part.column("time"))
+        yield h, part.take(order)
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,234 @@
+"""The one function that builds flowpipe's DuckDB views and rule helpers over a store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+
+from flowpipe.store.layout import DB_FILE, EVENTS, FLOWS, INCOMING, Store, StoreError
+from flowpipe.views import columns
+
+VIEWS_VERSION = "1"
+
+# Rule helpers, one definition each, used by rules, `flowpipe query` and the .duckdb file.
+MACROS = {
+    # 'app=frontend' (or 'any:app=frontend') matches 'k8s:app=frontend'; 'k8s:app=frontend' matches exactly
+    "has_label": (
+        "(labels, sel)",
+        "len(list_filter(labels, lambda l: l = sel OR (strpos(l, ':') > 0 "
+        "AND substr(l, strpos(l, ':') + 1) = "
+        "(CASE WHEN starts_with(sel, 'any:') THEN substr(sel, 5) ELSE sel END)))) > 0",
+    ),
+    "allowed_by": ("(policies, name)", "list_contains(policies, name)"),
+    "denied_by": ("(policies, name)", "list_contains(policies, name)"),
+    "http_status_class": ("(code)", "CASE WHEN code IS NULL THEN NULL ELSE (code // 100) || 'xx' END"),
+    "is_world": ("(labels)", "list_contains(labels, 'reserved:world')"),
+    # every flag in wanted is set, like `hubble observe --tcp-flags SYN,ACK`
+    "has_tcp_flags": ("(flags, wanted)", "list_has_all(flags, wanted)"),
+    # a flow between a pod labelled a and one labelled b, either way round (requests and replies)
+    "connects": (
+        "(src, dst, a, b)",
+        "(has_label(src, a) AND has_label(dst, b)) OR (has_label(src, b) AND has_label(dst, a))",
+    ),
+}
+
+CONVENIENCE_VIEWS = {
+    "policy_verdicts": "SELECT * FROM flows WHERE event_type = 5",
+    "drops": "SELECT * FROM flows WHERE verdict = 'DROPPED'",
+    "l7_http": "SELECT * FROM flows WHERE l7_protocol = 'HTTP'",
+    "l7_dns": "SELECT * FROM flows WHERE l7_protocol = 'DNS'",
+    "lost_events": "SELECT * FROM events WHERE kind = 'lost_events'",
+    "node_status": "SELECT * FROM events WHERE kind = 'node_status'",
+}
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _reader(store: Store, kind: str, files: list[str] | None = None, union_by_name: bool = True) -> str:
+    # files: an explicit list (check's cluster and time window) instead of the store-wide glob
+    source = _quote(store.glob(kind)) if files is None else "[" + ", ".join(map(_quote, files)) + "]"
+    return (
+        f"read_parquet({source}, hive_partitioning = true, union_by_name = {str(union_by_name).lower()}, "
+        "hive_types = {'cluster': VARCHAR, 'date': DATE, 'hour': INTEGER})"
+    )
+
+
+def view_sql(
+    store: Store, *, files: dict[str, list[str]] | None = None, where: str | None = None,
+    same_schema: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Every statement that defines the views and macros, in order (files/where narrow the rows).
+
+    same_schema: kinds whose listed files all have the Parquet schema of the first (see
+    `same_schema`): read without union_by_name, which reads every file's schema at every bind."""
+    flat = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in columns.flat_columns())
+    events = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in columns.event_columns())
+    files = files or {}
+    cond = f" WHERE {where}" if where else ""  # on stored columns (cluster, date, hour, time)
+
+    def reader(kind: str) -> str:
+        return _reader(store, kind, files.get(kind), union_by_name=not (kind in same_schema and files.get(kind)))
+
+    stmts = [
+        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {reader(EVENTS)}{cond}",
+        # the same rows plus the file each came from: serve follows newly committed files
+        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT *, filename FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT *, filename FROM {reader(EVENTS)}{cond}",
+        f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
+        f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
+    ]
+    stmts += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in CONVENIENCE_VIEWS.items()]
+    stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in MACROS.items()]
+    # FlowFilter helpers (fp_*): what `flowpipe serve` filters compile to
+    from flowpipe.serve.filters import MACROS as FILTER_MACROS
+
+    stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in FILTER_MACROS.items()]
+    return stmts
+
+
+def same_schema(paths: list[str]) -> bool:
+    """True when every file has byte for byte the Parquet schema of the first (then reading them
+    without union_by_name gives the same columns and rows); False when any differs or is unreadable.
+
+    Reads only the start of each footer: the FileMetaData's version and schema come first."""
+    try:
+        prefixes = []
+        for path in paths:
+            with open(path, "rb") as fh:
+                fh.seek(-8, os.SEEK_END)
+                tail = fh.read(8)
+                if tail[4:] != b"PAR1":
+                    return False
+                length = int.from_bytes(tail[:4], "little")
+                if not prefixes:
+                    fh.seek(-8 - length, os.SEEK_END)
+                    first = fh.read(length)
+                    end = _schema_end(first)
+                    prefixes.append(first[:end])
+                    continue
+                want = prefixes[0]
+                if length < len(want):
+                    return False
+                fh.seek(-8 - length, os.SEEK_END)
+                if fh.read(len(want)) != want:
+                    return False
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _schema_end(meta: bytes) -> int:
+    """Offset just past FileMetaData fields 1 (version) and 2 (schema) in thrift compact encoding."""
+    pos = fid = 0
+    while True:
+        head = meta[pos]
+        if head == 0:
+            return pos
+        if not head >> 4:
+            raise ValueError("long-form thrift field header")  # never written for fields 1-3
+        fid += head >> 4
+        if fid > 2:
+            return pos
+        pos = _skip(meta, pos + 1, head & 0x0F)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _skip(buf: bytes, pos: int, kind: int) -> int:
+    """Position after one thrift compact value of type kind starting at pos."""
+    if kind in (1, 2):  # booleans in a field header
+        return pos
+    if kind == 3:  # byte
+        return pos + 1
+    if kind in (4, 5, 6):  # zigzag varints
+        return _varint(buf, pos)[1]
+    if kind == 7:  # double
+        return pos + 8
+    if kind == 8:  # binary
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if kind in (9, 10):  # list, set
+        head = buf[pos]
+        pos += 1
+        n, elem = head >> 4, head & 0x0F
+        if n == 15:
+            n, pos = _varint(buf, pos)
+        for _ in range(n):
+            pos = pos + 1 if elem in (1, 2) else _skip(buf, pos, elem)
+        return pos
+    if kind == 11:  # map
+        n, pos = _varint(buf, pos)
+        if n:
+            types = buf[pos]
+            pos += 1
+            for _ in range(n):
+                pos = _skip(buf, _skip(buf, pos, types >> 4), types & 0x0F)
+        return pos
+    if kind == 12:  # struct
+        while True:
+            head = buf[pos]
+            pos += 1
+            if head == 0:
+                return pos
+            if not head >> 4:  # long form: zigzag i16 field id follows
+                pos = _varint(buf, pos)[1]
+            pos = _skip(buf, pos, head & 0x0F)
+    raise ValueError(f"thrift type {kind}")
+
+
+def build_views(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """Create the views (flows, events, policy_verdicts, drops, l7_http, l7_dns, ...) and macros."""
+    for stmt in view_sql(store):
+        con.execute(stmt)
+
+
+def connect(store: Store, *, memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the store's views."""
+    config = {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(":memory:", config=config)
+    build_views(con, store)
+    return con
+
+
+def write_database(store: Store) -> Path:
+    """(Re)write <store>/flowpipe.duckdb with the same views, atomically; nothing keeps it open."""
+    final = store.root / DB_FILE
+    tmp = store.root / INCOMING / "db-not-created.duckdb"
+    try:
+        tmp = store.tmp_path(f"db-{uuid.uuid4().hex[:8]}.duckdb")
+        con = duckdb.connect(str(tmp))
+        try:
+            build_views(con, store)
+            con.execute(
+                "CREATE OR REPLACE TABLE flowpipe_meta AS SELECT ? AS views_version, ? AS store",
+                [VIEWS_VERSION, str(store.root)],
+            )
+        finally:
+            con.close()
+        os.replace(tmp, final)
+    except (OSError, duckdb.Error) as exc:
+        for leftover in (tmp, Path(str(tmp) + ".wal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise StoreError(f"store {store.root}: cannot write {DB_FILE}: {exc}") from exc
+    return final
