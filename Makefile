@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: install test test-fast test-reliability lint protos demo bench bench-deps clean
+.PHONY: install test test-fast test-reliability lint format protos demo bench bench-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ test-fast: $(PY)
 	$(PY) -m pytest -q -m "not slow and not reliability"
 
 lint: $(PY)
-	$(BIN)/ruff check flowpipe tests bench
+	$(BIN)/ruff check flowpipe tests bench tools
+	$(BIN)/ruff format --check flowpipe tests bench tools
+
+format: $(PY)
+	$(BIN)/ruff format flowpipe tests bench tools
+	$(BIN)/ruff check --fix flowpipe tests bench tools
 
 protos: $(PY)
 	$(PY) tools/protogen.py

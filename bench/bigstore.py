@@ -41,7 +41,9 @@ from flowpipe.store import compact
 from flowpipe.store.layout import Store
 
 VERSION = 1  # bump when the content changes: cached templates and stores are rebuilt
-LAYOUT = 4  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
+LAYOUT = (
+    4  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
+)
 BASE = Path(os.environ.get("FLOWPIPE_BENCH_DIR", "/tmp/flowpipe-bench"))
 CLUSTERS = ("cluster1", "cluster2")
 SPAN_S = 3 * 3600  # flows cover the last 3 hours before the end
@@ -136,7 +138,9 @@ def templates(k: int, seed: int) -> pa.Table:
         flush()
     table = pa.concat_tables(parts)
     if table.column("_raw").null_count != table.num_rows:
-        raise SystemExit("bigstore: some mix flows keep _raw bytes: their uuid/time could not be replaced")
+        raise SystemExit(
+            "bigstore: some mix flows keep _raw bytes: their uuid/time could not be replaced"
+        )
     tmp = table_path.with_suffix(".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, table_path)
@@ -154,7 +158,9 @@ def _plan(n: int, seed: int, k: int) -> Meta:
     now = time.time_ns()
     end = now // HOUR_NS * HOUR_NS - 20 * 60 * SEC  # 40 minutes into the previous hour: always past
     lab_start = end - LAB_BEFORE_END_S * SEC
-    return Meta(VERSION, n, 0, list(CLUSTERS), seed, k, end - SPAN_S * SEC, end, lab_start, lab_start)
+    return Meta(
+        VERSION, n, 0, list(CLUSTERS), seed, k, end - SPAN_S * SEC, end, lab_start, lab_start
+    )
 
 
 def _share(meta: Meta, cluster: str) -> int:
@@ -220,13 +226,17 @@ def _write_cluster(root: str, meta: Meta, cluster: str) -> tuple[float, float, s
     ttype = tmpl.schema.field("time").type
     for c in chunks(meta, cluster):
         a, m = c.lo % k, c.hi - c.lo  # templates a, a+1, ... (wrapping around): slices, no copy
-        part = pa.concat_tables([tmpl.slice(a, m)] + ([tmpl.slice(0, a + m - k)] if a + m > k else []))
+        part = pa.concat_tables(
+            [tmpl.slice(a, m)] + ([tmpl.slice(0, a + m - k)] if a + m > k else [])
+        )
         part = part.set_column(ti, "time", pa.array(c.times, pa.int64()).cast(ttype))
         ids = pa.Array.from_buffers(pa.binary(16), c.hi - c.lo, [None, pa.py_buffer(c.uuids)])
         part = part.set_column(ui, "_uuid", pa.ExtensionArray.from_storage(storage.UUID_TYPE, ids))
         a, b = bisect.bisect_left(lab_ns, c.t_lo), bisect.bisect_left(lab_ns, c.t_hi)
         if b > a:
-            part = pa.concat_tables([part, lab_t.slice(a, b - a).select(part.column_names).cast(part.schema)])
+            part = pa.concat_tables(
+                [part, lab_t.slice(a, b - a).select(part.column_names).cast(part.schema)]
+            )
         if part.num_rows:
             for f in store.write(cluster, part, None).files:
                 os.utime(f, ns=(c.t_hi, c.t_hi))  # committed at the end of its flush
@@ -313,12 +323,22 @@ def dump_jsonpb(n: int, *, seed: int = 1) -> dict[str, Path]:
                 buf = []
                 for j, i in enumerate(range(c.lo, c.hi)):
                     u = str(uuid.UUID(bytes=c.uuids[16 * j : 16 * j + 16]))
-                    buf.append(mine[i % k].replace(SENTINEL_UUID, u).replace(sentinel_t, _ts(c.times[j])))
+                    buf.append(
+                        mine[i % k].replace(SENTINEL_UUID, u).replace(sentinel_t, _ts(c.times[j]))
+                    )
                 a, b = bisect.bisect_left(lab_ns, c.t_lo), bisect.bisect_left(lab_ns, c.t_hi)
                 buf += lab_lines[a:b]
                 fh.write("".join(buf))
-    done.write_text(json.dumps({"end_ns": meta.end_ns, "flows": meta.total,
-                                "write_s": round(time.monotonic() - started, 1)}) + "\n")
+    done.write_text(
+        json.dumps(
+            {
+                "end_ns": meta.end_ns,
+                "flows": meta.total,
+                "write_s": round(time.monotonic() - started, 1),
+            }
+        )
+        + "\n"
+    )
     return paths
 
 
@@ -329,7 +349,9 @@ def size(root: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Build (or show) the cached stores and print build time and size."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flows", type=int, action="append", help="mix flows per store (default 1M and 10M)")
+    ap.add_argument(
+        "--flows", type=int, action="append", help="mix flows per store (default 1M and 10M)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
     ap.add_argument("--jsonpb", action="store_true", help="also write the jsonpb dumps")
@@ -337,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.flows or [1_000_000, 10_000_000]:
         store, meta = build(n, seed=args.seed, force=args.force)
         span = (meta.end_ns - meta.start_ns) / 3.6e12
-        print(f"store-{n}: {store.root} | {meta.total:,} flows ({meta.lab_flows} lab) over {span:.1f} h, "
-              f"{meta.files:,} files, {meta.bytes / 1e6:,.1f} MB ({meta.bytes / meta.total:.0f} B/flow) | "
-              f"built in {meta.build_s}s (write {meta.write_s}s, compact {meta.compact_s}s)", flush=True)
+        print(
+            f"store-{n}: {store.root} | {meta.total:,} flows ({meta.lab_flows} lab) over {span:.1f} h, "
+            f"{meta.files:,} files, {meta.bytes / 1e6:,.1f} MB ({meta.bytes / meta.total:.0f} B/flow) | "
+            f"built in {meta.build_s}s (write {meta.write_s}s, compact {meta.compact_s}s)",
+            flush=True,
+        )
         if args.jsonpb:
             t0 = time.monotonic()
             paths = dump_jsonpb(n, seed=args.seed)

@@ -44,47 +44,76 @@ def pv: .flow.event_type.type == 5;
 def world: any((.flow.destination.labels // [])[]; . == "reserved:world");
 """
 JQ_STAGE5 = [
-    ("dns-allowed-by-allow-dns",
-     'pv and ns(.flow.source) == "shop" and dport == 53 and .flow.traffic_direction == "EGRESS"',
-     '(.flow.verdict == "FORWARDED" or .flow.verdict == "REDIRECTED") and pol(.flow.egress_allowed_by; "allow-dns")'),
-    ("backend-name-resolved",
-     '.flow.l7.dns != null and (ns(.flow.source) == "shop" or ns(.flow.destination) == "shop")'
-     ' and .flow.l7.type == "RESPONSE" and .flow.verdict == "FORWARDED"'
-     ' and ((.flow.l7.dns.query // "") | sub("[.]+$"; "")) == "backend.shop.svc.cluster.local"'
-     ' and (.flow.l7.dns.rcode // 0) == 0 and ((.flow.l7.dns.ips // []) | length) > 0', None),
-    ("status-200-forwarded",
-     '.flow.l7.http != null and ns(.flow.source) == "shop" and ns(.flow.destination) == "shop"'
-     ' and connects("app=frontend"; "app=backend") and .flow.l7.http.method == "GET" and path == "/status/200"',
-     '.flow.verdict == "FORWARDED" and (.flow.l7.type != "RESPONSE" or .flow.l7.http.code == 200)'),
-    ("fe-be-egress-by-allow-frontend-egress",
-     'pv and shop_fe_be and dport == 80 and .flow.traffic_direction == "EGRESS"',
-     '.flow.verdict == "FORWARDED" and pol(.flow.egress_allowed_by; "allow-frontend-egress")'
-     ' and .flow.policy_match_type == 2'),
-    ("fe-be-ingress-by-allow-frontend-l7",
-     'pv and shop_fe_be and dport == 80 and .flow.traffic_direction == "INGRESS"',
-     '.flow.verdict == "REDIRECTED" and pol(.flow.ingress_allowed_by; "allow-frontend-l7")'
-     ' and .flow.policy_match_type == 2'),
-    ("other-paths-denied",
-     '.flow.l7.http != null and shop_fe_be and .flow.l7.type == "REQUEST"'
-     ' and (.flow.l7.http.method == "GET" and path == "/status/200" | not)',
-     '.flow.verdict == "DROPPED" and (.flow.drop_reason_desc // "DROP_REASON_UNKNOWN") == "DROP_REASON_UNKNOWN"'
-     ' and ((.flow.l7.http.code // 0) == 0 or .flow.l7.http.code == 403)'),
-    ("world-egress-denied",
-     '.flow.verdict == "DROPPED" and ns(.flow.source) == "shop" and world'
-     ' and .flow.drop_reason_desc == "POLICY_DENIED"', None),
-    ("no-forwarded-to-world",
-     'ns(.flow.source) == "shop" and world and (.flow.verdict == "FORWARDED" or .flow.verdict == "REDIRECTED")'
-     ' and (.flow.trace_observation_point // "") != "FROM_ENDPOINT"', None),
-    ("no-allow-all",
-     '(ns(.flow.source) == "shop" or ns(.flow.destination) == "shop")'
-     ' and (pol(.flow.ingress_allowed_by; "allow-all") or pol(.flow.egress_allowed_by; "allow-all"))', None),
-    ("no-l4-bypass",
-     '(ns(.flow.source) == "shop" or ns(.flow.destination) == "shop")'
-     ' and (pol(.flow.ingress_allowed_by; "allow-frontend-to-backend")'
-     ' or pol(.flow.egress_allowed_by; "allow-frontend-to-backend"))', None),
+    (
+        "dns-allowed-by-allow-dns",
+        'pv and ns(.flow.source) == "shop" and dport == 53 and .flow.traffic_direction == "EGRESS"',
+        '(.flow.verdict == "FORWARDED" or .flow.verdict == "REDIRECTED") and pol(.flow.egress_allowed_by; "allow-dns")',
+    ),
+    (
+        "backend-name-resolved",
+        '.flow.l7.dns != null and (ns(.flow.source) == "shop" or ns(.flow.destination) == "shop")'
+        ' and .flow.l7.type == "RESPONSE" and .flow.verdict == "FORWARDED"'
+        ' and ((.flow.l7.dns.query // "") | sub("[.]+$"; "")) == "backend.shop.svc.cluster.local"'
+        " and (.flow.l7.dns.rcode // 0) == 0 and ((.flow.l7.dns.ips // []) | length) > 0",
+        None,
+    ),
+    (
+        "status-200-forwarded",
+        '.flow.l7.http != null and ns(.flow.source) == "shop" and ns(.flow.destination) == "shop"'
+        ' and connects("app=frontend"; "app=backend") and .flow.l7.http.method == "GET" and path == "/status/200"',
+        '.flow.verdict == "FORWARDED" and (.flow.l7.type != "RESPONSE" or .flow.l7.http.code == 200)',
+    ),
+    (
+        "fe-be-egress-by-allow-frontend-egress",
+        'pv and shop_fe_be and dport == 80 and .flow.traffic_direction == "EGRESS"',
+        '.flow.verdict == "FORWARDED" and pol(.flow.egress_allowed_by; "allow-frontend-egress")'
+        " and .flow.policy_match_type == 2",
+    ),
+    (
+        "fe-be-ingress-by-allow-frontend-l7",
+        'pv and shop_fe_be and dport == 80 and .flow.traffic_direction == "INGRESS"',
+        '.flow.verdict == "REDIRECTED" and pol(.flow.ingress_allowed_by; "allow-frontend-l7")'
+        " and .flow.policy_match_type == 2",
+    ),
+    (
+        "other-paths-denied",
+        '.flow.l7.http != null and shop_fe_be and .flow.l7.type == "REQUEST"'
+        ' and (.flow.l7.http.method == "GET" and path == "/status/200" | not)',
+        '.flow.verdict == "DROPPED" and (.flow.drop_reason_desc // "DROP_REASON_UNKNOWN") == "DROP_REASON_UNKNOWN"'
+        " and ((.flow.l7.http.code // 0) == 0 or .flow.l7.http.code == 403)",
+    ),
+    (
+        "world-egress-denied",
+        '.flow.verdict == "DROPPED" and ns(.flow.source) == "shop" and world'
+        ' and .flow.drop_reason_desc == "POLICY_DENIED"',
+        None,
+    ),
+    (
+        "no-forwarded-to-world",
+        'ns(.flow.source) == "shop" and world and (.flow.verdict == "FORWARDED" or .flow.verdict == "REDIRECTED")'
+        ' and (.flow.trace_observation_point // "") != "FROM_ENDPOINT"',
+        None,
+    ),
+    (
+        "no-allow-all",
+        '(ns(.flow.source) == "shop" or ns(.flow.destination) == "shop")'
+        ' and (pol(.flow.ingress_allowed_by; "allow-all") or pol(.flow.egress_allowed_by; "allow-all"))',
+        None,
+    ),
+    (
+        "no-l4-bypass",
+        '(ns(.flow.source) == "shop" or ns(.flow.destination) == "shop")'
+        ' and (pol(.flow.ingress_allowed_by; "allow-frontend-to-backend")'
+        ' or pol(.flow.egress_allowed_by; "allow-frontend-to-backend"))',
+        None,
+    ),
 ]
 
-JQ_NONE = {"no-forwarded-to-world", "no-allow-all", "no-l4-bypass"}  # expect: none (every match violates)
+JQ_NONE = {
+    "no-forwarded-to-world",
+    "no-allow-all",
+    "no-l4-bypass",
+}  # expect: none (every match violates)
 
 
 def stage_path(name: str) -> str:
@@ -93,11 +122,15 @@ def stage_path(name: str) -> str:
 
 def window(meta: bigstore.Meta) -> tuple[datetime, datetime]:
     """A window covering the whole store."""
-    return (datetime.fromtimestamp(meta.start_ns // 10**9 - 1, UTC),
-            datetime.fromtimestamp(meta.end_ns // 10**9 + 1, UTC))
+    return (
+        datetime.fromtimestamp(meta.start_ns // 10**9 - 1, UTC),
+        datetime.fromtimestamp(meta.end_ns // 10**9 + 1, UTC),
+    )
 
 
-def time_check(store, stage: str, since: datetime, until: datetime) -> tuple[float, check.CheckReport]:
+def time_check(
+    store, stage: str, since: datetime, until: datetime
+) -> tuple[float, check.CheckReport]:
     started = time.perf_counter()
     rep = check.run_check(store, [stage_path(stage)], since=since, until=until)
     return time.perf_counter() - started, rep
@@ -108,7 +141,9 @@ def summary(rep: check.CheckReport) -> str:
     return " ".join(f"{s} {n}" for s, n in counts.items() if n)
 
 
-def run_jq(files: dict[str, Path], timeout: float) -> tuple[float, dict[tuple[str, str], tuple[int, int]]]:
+def run_jq(
+    files: dict[str, Path], timeout: float
+) -> tuple[float, dict[tuple[str, str], tuple[int, int]]]:
     """(seconds, {(rule, cluster): (evidence, violations)}) of the stage-5 jq programs."""
     counts = {}
     started = time.perf_counter()
@@ -131,7 +166,9 @@ def run_jq(files: dict[str, Path], timeout: float) -> tuple[float, dict[tuple[st
 
 def bash(cmd: str, timeout: float) -> str:
     """stdout of a shell pipeline; any failing stage (a jq error) fails it."""
-    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=timeout
+    )
     if res.returncode:
         raise SystemExit(f"check_speed: {cmd[:200]}... failed: {res.stderr.strip()[:500]}")
     return res.stdout
@@ -144,12 +181,23 @@ def sh(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Time check per stage over each store size and stage 5 with jq; print seconds and ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flows", type=int, action="append", help="store sizes (default 1M and 10M mix flows)")
-    ap.add_argument("--jq-flows", type=int, action="append",
-                    help="store sizes to run jq over in full (default 1M; larger sizes are extrapolated)")
+    ap.add_argument(
+        "--flows", type=int, action="append", help="store sizes (default 1M and 10M mix flows)"
+    )
+    ap.add_argument(
+        "--jq-flows",
+        type=int,
+        action="append",
+        help="store sizes to run jq over in full (default 1M; larger sizes are extrapolated)",
+    )
     ap.add_argument("--no-jq", action="store_true", help="skip jq")
     ap.add_argument("--repeat", type=int, default=2, help="runs per check (best is reported)")
-    ap.add_argument("--jq-timeout", type=float, default=3600.0, help="seconds allowed for all jq runs of one size")
+    ap.add_argument(
+        "--jq-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds allowed for all jq runs of one size",
+    )
     ap.add_argument("--stage", action="append", help="stage files (default: all five)")
     args = ap.parse_args(argv)
     sizes = args.flows or [1_000_000, 10_000_000]
@@ -165,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         store, meta = bigstore.build(n)
         since, until = window(meta)
-        print(f"\n== store-{n}: {meta.total:,} flows, {meta.files:,} files, {meta.bytes / 1e6:,.0f} MB, "
-              f"{since:%H:%M}..{until:%H:%M} UTC", flush=True)
+        print(
+            f"\n== store-{n}: {meta.total:,} flows, {meta.files:,} files, {meta.bytes / 1e6:,.0f} MB, "
+            f"{since:%H:%M}..{until:%H:%M} UTC",
+            flush=True,
+        )
         per = {}
         for stage in stages:
             runs = [time_check(store, stage, since, until) for _ in range(args.repeat)]
@@ -175,15 +226,27 @@ def main(argv: list[str] | None = None) -> int:
             if stage == "stage5.sql":
                 stage5[n] = (best, rep, meta)
             slow = max(rep.results, key=lambda r: r.duration_s)
-            print(f"check {stage} (whole store): {best:6.2f} s (runs {', '.join(f'{r[0]:.2f}' for r in runs)}) "
-                  f"| {summary(rep)} | slowest rule {slow.rule} {slow.duration_s:.2f} s", flush=True)
+            print(
+                f"check {stage} (whole store): {best:6.2f} s (runs {', '.join(f'{r[0]:.2f}' for r in runs)}) "
+                f"| {summary(rep)} | slowest rule {slow.rule} {slow.duration_s:.2f} s",
+                flush=True,
+            )
         recent = datetime.fromtimestamp(meta.end_ns / 1e9, UTC)
-        secs, rep = min((time_check(store, "stage5.sql", recent - timedelta(minutes=15), recent)
-                         for _ in range(args.repeat)), key=lambda r: r[0])
+        secs, rep = min(
+            (
+                time_check(store, "stage5.sql", recent - timedelta(minutes=15), recent)
+                for _ in range(args.repeat)
+            ),
+            key=lambda r: r[0],
+        )
         per["stage5.sql --since 15m"] = round(secs, 3)
         print(f"check stage5.sql (last 15 minutes): {secs:6.2f} s | {summary(rep)}", flush=True)
         figures["stores"][n] = {
-            "flows": meta.total, "files": meta.files, "bytes": meta.bytes, "check_s": per}
+            "flows": meta.total,
+            "files": meta.files,
+            "bytes": meta.bytes,
+            "check_s": per,
+        }
     jq_s: dict[int, float] = {}
     for n in jq_sizes:
         paths = bigstore.dump_jsonpb(n)
@@ -193,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         _, rep, _ = stage5[n]
         got = {(r.rule, r.cluster): (r.evidence, r.violations) for r in rep.results}
         bad = {k: (v, got.get(k)) for k, v in counts.items() if got.get(k) != v}
-        print(f"\njq stage 5 over store-{n} as jsonpb ({gb:.1f} GB, {len(counts)} rule x cluster runs): {secs:.1f} s; "
-              f"counts {'equal to check' if not bad else f'DIFFER from check: {bad}'}", flush=True)
+        print(
+            f"\njq stage 5 over store-{n} as jsonpb ({gb:.1f} GB, {len(counts)} rule x cluster runs): {secs:.1f} s; "
+            f"counts {'equal to check' if not bad else f'DIFFER from check: {bad}'}",
+            flush=True,
+        )
         if bad:
             return 1
     print("\nstage 5: check vs jq", flush=True)
@@ -205,15 +271,22 @@ def main(argv: list[str] | None = None) -> int:
         elif jq_s:
             base = max(jq_s)
             total = bigstore.build(base)[1].total
-            jq, how = jq_s[base] * meta.total / total, f"extrapolated from store-{base} (jq is linear)"
+            jq, how = (
+                jq_s[base] * meta.total / total,
+                f"extrapolated from store-{base} (jq is linear)",
+            )
         else:
             jq, how = None, ""
         ratio = jq / secs if jq else None
         meets = secs < TARGET_S and (ratio is None or ratio >= TARGET_RATIO)
         if n == max(stage5):
             ok = meets
-        print(f"  store-{n}: check {secs:.2f} s" + (f", jq {jq:,.0f} s ({how}), ratio {ratio:,.0f}x" if jq else "")
-              + f" | target < {TARGET_S:g} s and >= {TARGET_RATIO:g}x: {'met' if meets else 'NOT met'}", flush=True)
+        print(
+            f"  store-{n}: check {secs:.2f} s"
+            + (f", jq {jq:,.0f} s ({how}), ratio {ratio:,.0f}x" if jq else "")
+            + f" | target < {TARGET_S:g} s and >= {TARGET_RATIO:g}x: {'met' if meets else 'NOT met'}",
+            flush=True,
+        )
         figures["stores"][n]["jq_s"] = round(jq, 1) if jq else None
         figures["stores"][n]["jq_how"] = how
         figures["stores"][n]["ratio"] = round(ratio) if ratio else None

@@ -86,8 +86,15 @@ def flush_costs(batches: list[list[bytes]], tmp: str) -> dict[str, list[float]]:
         flows, events = timed("split (decode.split_responses)", n, decode.split_responses, dec)
         flows, _ = timed("dedup (Deduper.filter)", n, deduper.filter, flows)
         stored = timed("to_storage (storage.to_storage)", n, storage.to_storage, flows)
-        parts = timed("by-hour filter+sort+take (store._by_hour)", n, lambda t: list(store_mod._by_hour(t)), stored)
-        timed("  alt: by-hour fast path (1 hour, sorted)", n, lambda t: list(by_hour_fast(t)), stored)
+        parts = timed(
+            "by-hour filter+sort+take (store._by_hour)",
+            n,
+            lambda t: list(store_mod._by_hour(t)),
+            stored,
+        )
+        timed(
+            "  alt: by-hour fast path (1 hour, sorted)", n, lambda t: list(by_hour_fast(t)), stored
+        )
 
         def write(table: pa.Table) -> None:
             with open(out, "wb") as fh:
@@ -106,25 +113,51 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=60_000, help="flows per flush (2s at 30k flows/s)")
     ap.add_argument("--batches", type=int, default=5)
-    ap.add_argument("--receive", type=int, default=300_000, help="messages for the receive measurement (0 = skip)")
+    ap.add_argument(
+        "--receive",
+        type=int,
+        default=300_000,
+        help="messages for the receive measurement (0 = skip)",
+    )
     args = ap.parse_args(argv)
     print(load_note())
     gen = mix.generate(args.batch * args.batches, seed=7)
-    batches = [[next(gen).SerializeToString() for _ in range(args.batch)] for _ in range(args.batches)]
+    batches = [
+        [next(gen).SerializeToString() for _ in range(args.batch)] for _ in range(args.batches)
+    ]
     size = sum(len(r) for r in batches[0]) / args.batch
     with tempfile.TemporaryDirectory() as tmp:
         Store(tmp).ensure()
         costs = flush_costs(batches, tmp)
-    med = {k: statistics.median(v[1:] if len(v) > 2 else v) for k, v in costs.items()}  # first batch warms up
+    med = {
+        k: statistics.median(v[1:] if len(v) > 2 else v) for k, v in costs.items()
+    }  # first batch warms up
     if args.receive:
-        med.update({"receive (grpc + FlowStream + _on_message)": receive_cost(args.receive)["receive_cpu_us"]})
+        med.update(
+            {
+                "receive (grpc + FlowStream + _on_message)": receive_cost(args.receive)[
+                    "receive_cpu_us"
+                ]
+            }
+        )
     total = sum(v for k, v in med.items() if not k.startswith("  alt"))
-    print(f"batch {args.batch:,} flows of {size:,.0f} B; CPU us/flow, median of batches 2..{args.batches}:")
+    print(
+        f"batch {args.batch:,} flows of {size:,.0f} B; CPU us/flow, median of batches 2..{args.batches}:"
+    )
     for k, v in med.items():
         print(f"  {k:<45} {v:7.2f} us/flow")
-    print(f"  {'total (without alt)':<45} {total:7.2f} us/flow = {1e6 / total:,.0f} flows/s on one core")
-    save_result("collect_stages", {"batch": args.batch, "mean_bytes": round(size),
-                                   **{k.strip(): round(v, 2) for k, v in med.items()}, "total_us": round(total, 2)})
+    print(
+        f"  {'total (without alt)':<45} {total:7.2f} us/flow = {1e6 / total:,.0f} flows/s on one core"
+    )
+    save_result(
+        "collect_stages",
+        {
+            "batch": args.batch,
+            "mean_bytes": round(size),
+            **{k.strip(): round(v, 2) for k, v in med.items()},
+            "total_us": round(total, 2),
+        },
+    )
     return 0
 
 

@@ -20,21 +20,36 @@ from common import Peer, cpu_seconds, free_port, load_note, mb, proc_status, sav
 from flowpipe.store import compact
 
 METRIC_RE = re.compile(
-    r'^flowpipe_collector_(flows_stored_total|flows_received_total|relay_connected)\{cluster="([^"]+)"\} (\S+)$', re.M
+    r'^flowpipe_collector_(flows_stored_total|flows_received_total|relay_connected)\{cluster="([^"]+)"\} (\S+)$',
+    re.M,
 )
 TARGET_FLOWS_S = 30_000
 TARGET_RSS = 250e6
 
 
-def collector_cmd(store: Path, relays: list[str], metrics: str, *, flush_rows: int | None = None,
-                  switch_interval: float | None = None, config: Path | None = None) -> list[str]:
+def collector_cmd(
+    store: Path,
+    relays: list[str],
+    metrics: str,
+    *,
+    flush_rows: int | None = None,
+    switch_interval: float | None = None,
+    config: Path | None = None,
+) -> list[str]:
     """The collect command line (python -m flowpipe.cli, optionally with a GIL switch interval)."""
     if switch_interval is None:
         base = [sys.executable, "-m", "flowpipe.cli"]
     else:  # an experiment knob: how much of the collector's time is GIL hand-over between threads
         prelude = f"import sys; sys.setswitchinterval({switch_interval}); from flowpipe.cli import main; main()"
         base = [sys.executable, "-c", prelude]
-    cmd = base + ["collect", "--plaintext", "--store", str(store), "--metrics-listen", metrics]  # logs to collect.log
+    cmd = base + [
+        "collect",
+        "--plaintext",
+        "--store",
+        str(store),
+        "--metrics-listen",
+        metrics,
+    ]  # logs to collect.log
     if flush_rows:
         cmd += ["--flush-rows", str(flush_rows)]
     if config:
@@ -62,14 +77,19 @@ def scrape(url: str) -> tuple[int, int]:
 
 def stored_rows(store: Path) -> int:
     """Rows committed to the store, from Parquet footers."""
-    return sum(pq.read_metadata(p).num_rows for p in (store / "flows").glob("cluster=*/*/*/*.parquet")
-               if "cluster=_schema" not in str(p))
+    return sum(
+        pq.read_metadata(p).num_rows
+        for p in (store / "flows").glob("cluster=*/*/*/*.parquet")
+        if "cluster=_schema" not in str(p)
+    )
 
 
 class Run:
     """Peers + a collector subprocess + a store in a temporary directory."""
 
-    def __init__(self, flows: int, clusters: int, rate: float, workdir: Path, args: argparse.Namespace):
+    def __init__(
+        self, flows: int, clusters: int, rate: float, workdir: Path, args: argparse.Namespace
+    ):
         self.flows = flows
         self.store = workdir / "store"
         self.peers: list[Peer] = []
@@ -77,7 +97,9 @@ class Run:
         for i in range(clusters):
             name = f"cluster{i + 1}"
             tpl = templates(observed_by=name if clusters > 1 else None)
-            self.peers.append(Peer(tpl, per, rate=rate / clusters if rate else 0, instance=f"{i + 1:08x}"))
+            self.peers.append(
+                Peer(tpl, per, rate=rate / clusters if rate else 0, instance=f"{i + 1:08x}")
+            )
         self.expected = per * clusters
         relays = [f"cluster{i + 1}={p.address}" for i, p in enumerate(self.peers)]
         self.metrics_url = f"http://127.0.0.1:{(port := free_port())}/metrics"
@@ -90,8 +112,14 @@ class Run:
         if args.max_buffer:
             config = workdir / "collect.yaml"
             config.write_text(f"max_buffer: {args.max_buffer}\n")
-        cmd = collector_cmd(self.store, relays, f"127.0.0.1:{port}", flush_rows=args.flush_rows,
-                            switch_interval=args.switch_interval, config=config)
+        cmd = collector_cmd(
+            self.store,
+            relays,
+            f"127.0.0.1:{port}",
+            flush_rows=args.flush_rows,
+            switch_interval=args.switch_interval,
+            config=config,
+        )
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.peak_rss = 0
 
@@ -145,7 +173,9 @@ def throughput(args: argparse.Namespace, workdir: Path) -> dict:
     rows = stored_rows(run.store)
     if done is None or first is None:
         print(run.log_text[-2000:], file=sys.stderr)
-        raise SystemExit(f"collect_throughput: only {stored:,} of {run.expected:,} flows stored before the timeout")
+        raise SystemExit(
+            f"collect_throughput: only {stored:,} of {run.expected:,} flows stored before the timeout"
+        )
     rate = run.expected / (done - first)
     sends = [p.send_rate() or 0 for p in run.peers]
     out = {
@@ -162,15 +192,21 @@ def throughput(args: argparse.Namespace, workdir: Path) -> dict:
         "exit_code": code,
         **knobs(args),
     }
-    print(f"collect: {run.expected:,} flows ({args.clusters} relay(s)) committed in {done - first:.1f}s "
-          f"= {rate:,.0f} flows/s end to end ({out['flows_per_s_incl_startup']:,} incl. start-up); "
-          f"target {TARGET_FLOWS_S:,}: {'OK' if rate >= TARGET_FLOWS_S else 'MISSED'}")
-    print(f"peer send rate {out['peer_send_msgs_per_s']:,} msgs/s (paced by the collector); collector CPU "
-          f"{cpu:.1f}s = {out['cpu_us_per_flow']} us/flow; peak RSS {mb(run.peak_rss)}; "
-          f"{rows:,} rows in the store; exit {code}")
+    print(
+        f"collect: {run.expected:,} flows ({args.clusters} relay(s)) committed in {done - first:.1f}s "
+        f"= {rate:,.0f} flows/s end to end ({out['flows_per_s_incl_startup']:,} incl. start-up); "
+        f"target {TARGET_FLOWS_S:,}: {'OK' if rate >= TARGET_FLOWS_S else 'MISSED'}"
+    )
+    print(
+        f"peer send rate {out['peer_send_msgs_per_s']:,} msgs/s (paced by the collector); collector CPU "
+        f"{cpu:.1f}s = {out['cpu_us_per_flow']} us/flow; peak RSS {mb(run.peak_rss)}; "
+        f"{rows:,} rows in the store; exit {code}"
+    )
     if rows != run.expected or code != 0:
-        print(f"collect_throughput: store has {rows:,} rows (expected {run.expected:,}), exit code {code}",
-              file=sys.stderr)
+        print(
+            f"collect_throughput: store has {rows:,} rows (expected {run.expected:,}), exit code {code}",
+            file=sys.stderr,
+        )
         out["failed"] = True
     return out
 
@@ -199,20 +235,30 @@ def rss_run(args: argparse.Namespace, workdir: Path) -> dict:
             now = time.monotonic()
             rss = st.get("VmRSS", 0)
             samples.append((now - started, stored, rss))
-            print(f"{now - started:6.0f} {stored:12,} {(stored - last_stored) / (now - last_t):9,.0f} "
-                  f"{mb(rss):>10} {mb(st.get('VmHWM', 0)):>10}", flush=True)
+            print(
+                f"{now - started:6.0f} {stored:12,} {(stored - last_stored) / (now - last_t):9,.0f} "
+                f"{mb(rss):>10} {mb(st.get('VmHWM', 0)):>10}",
+                flush=True,
+            )
             last_stored, last_t = stored, now
             if rss > args.max_rss * 1e6:
-                print(f"rss: stopping early: RSS above --max-rss {args.max_rss:,.0f} MB (a shared machine)")
+                print(
+                    f"rss: stopping early: RSS above --max-rss {args.max_rss:,.0f} MB (a shared machine)"
+                )
                 break
     finally:
         code, cpu = run.stop()
     if not samples:
         raise SystemExit("collect_throughput: the collector died before the first sample")
     # the collector compacts in the background (every 60 s): what it left shows it did, within the RSS above
-    files = [p for p in (run.store / "flows").glob("cluster=*/*/*/*.parquet") if "_schema" not in str(p)]
+    files = [
+        p for p in (run.store / "flows").glob("cluster=*/*/*/*.parquet") if "_schema" not in str(p)
+    ]
     merged = sum(p.name.endswith(compact.COMPACT_SUFFIX) for p in files)
-    print(f"rss: store holds {len(files)} files ({merged} made by the collector's compaction)", flush=True)
+    print(
+        f"rss: store holds {len(files)} files ({merged} made by the collector's compaction)",
+        flush=True,
+    )
     steady = [s for s in samples if s[0] >= min(60.0, args.duration / 2)] or samples
     lo, hi = min(s[2] for s in steady), max(s[2] for s in steady)
     out = {
@@ -229,30 +275,54 @@ def rss_run(args: argparse.Namespace, workdir: Path) -> dict:
         "merged_files": merged,
         **knobs(args),
     }
-    print(f"rss: {samples[-1][1]:,} flows offered at {rate:,.0f}/s, {out['flows_per_s']:,}/s stored, "
-          f"over {samples[-1][0]:.0f}s; RSS after 60s "
-          f"{mb(lo)} .. {mb(hi)}, peak {mb(run.peak_rss)}; target <= {mb(TARGET_RSS)}: "
-          f"{'OK' if run.peak_rss <= TARGET_RSS else 'MISSED'}; exit {code}")
+    print(
+        f"rss: {samples[-1][1]:,} flows offered at {rate:,.0f}/s, {out['flows_per_s']:,}/s stored, "
+        f"over {samples[-1][0]:.0f}s; RSS after 60s "
+        f"{mb(lo)} .. {mb(hi)}, peak {mb(run.peak_rss)}; target <= {mb(TARGET_RSS)}: "
+        f"{'OK' if run.peak_rss <= TARGET_RSS else 'MISSED'}; exit {code}"
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options and run the throughput or the long-stream RSS benchmark."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--flows", type=int, default=1_000_000, help="flows to collect (throughput run)")
-    ap.add_argument("--clusters", type=int, default=1, choices=(1, 2), help="relays (one peer each)")
-    ap.add_argument("--rate", type=float, default=0, help="peer send rate, flows/s in total (0 = unpaced)")
-    ap.add_argument("--rss", action="store_true", help="long-stream RSS run at --rate (default 30000/s)")
+    ap.add_argument(
+        "--flows", type=int, default=1_000_000, help="flows to collect (throughput run)"
+    )
+    ap.add_argument(
+        "--clusters", type=int, default=1, choices=(1, 2), help="relays (one peer each)"
+    )
+    ap.add_argument(
+        "--rate", type=float, default=0, help="peer send rate, flows/s in total (0 = unpaced)"
+    )
+    ap.add_argument(
+        "--rss", action="store_true", help="long-stream RSS run at --rate (default 30000/s)"
+    )
     ap.add_argument("--duration", type=float, default=300, help="seconds of the RSS run")
     ap.add_argument("--every", type=float, default=10, help="seconds between RSS samples")
-    ap.add_argument("--max-rss", type=float, default=4000, help="MB: end the RSS run early above this")
-    ap.add_argument("--timeout", type=float, default=300, help="give up on the throughput run after this")
+    ap.add_argument(
+        "--max-rss", type=float, default=4000, help="MB: end the RSS run early above this"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=300, help="give up on the throughput run after this"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary store and log")
     ap.add_argument("--flush-rows", type=int, help="pass --flush-rows to the collector")
-    ap.add_argument("--max-buffer", help="collector back-pressure threshold per cluster, e.g. 64MB (via --config)")
-    ap.add_argument("--arrow-pool", choices=("system", "jemalloc", "mimalloc"),
-                    help="ARROW_DEFAULT_MEMORY_POOL for the collector")
-    ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval() in the collector (experiment)")
+    ap.add_argument(
+        "--max-buffer",
+        help="collector back-pressure threshold per cluster, e.g. 64MB (via --config)",
+    )
+    ap.add_argument(
+        "--arrow-pool",
+        choices=("system", "jemalloc", "mimalloc"),
+        help="ARROW_DEFAULT_MEMORY_POOL for the collector",
+    )
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        help="sys.setswitchinterval() in the collector (experiment)",
+    )
     args = ap.parse_args(argv)
     print(load_note(), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="flowpipe-bench-"))
@@ -269,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if out.get("failed") or out.get("exit_code") else 0  # a missed target is a figure, not a failure
+    return (
+        1 if out.get("failed") or out.get("exit_code") else 0
+    )  # a missed target is a figure, not a failure
 
 
 if __name__ == "__main__":

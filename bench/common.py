@@ -51,11 +51,30 @@ def check_peer_installed() -> None:
 class Peer:
     """The Node.js fake Relay (bench/peer/server.js) as a child process."""
 
-    def __init__(self, template_file: Path, flows: int, *, rate: float = 0, end: bool = False,
-                 instance: str | None = None, sim_rate: int = mix.RATE, start_ns: int | None = None):
+    def __init__(
+        self,
+        template_file: Path,
+        flows: int,
+        *,
+        rate: float = 0,
+        end: bool = False,
+        instance: str | None = None,
+        sim_rate: int = mix.RATE,
+        start_ns: int | None = None,
+    ):
         check_peer_installed()
-        cmd = ["node", str(PEER / "server.js"), "--templates", str(template_file), "--flows", str(flows),
-               "--port", "0", "--sim-rate", str(sim_rate)]
+        cmd = [
+            "node",
+            str(PEER / "server.js"),
+            "--templates",
+            str(template_file),
+            "--flows",
+            str(flows),
+            "--port",
+            "0",
+            "--sim-rate",
+            str(sim_rate),
+        ]
         if rate:
             cmd += ["--rate", str(rate)]
         if end:

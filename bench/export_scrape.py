@@ -38,7 +38,9 @@ def make_rules(d: Path, n: int) -> None:
     for f in range(0, n, 10):
         text = f"-- flowpipe: stage=b{f // 10 + 1}\n"
         for i in range(f, min(n, f + 10)):
-            text += RULE.format(i=i, expect="none" if i % 3 == 0 else "at_least 1", port=(53, 80, 443)[i % 3])
+            text += RULE.format(
+                i=i, expect="none" if i % 3 == 0 else "at_least 1", port=(53, 80, 443)[i % 3]
+            )
         (d / f"bench{f // 10 + 1:02d}.sql").write_text(text)
 
 
@@ -76,20 +78,41 @@ def main() -> None:
     ap.add_argument("--scrapers", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rules", type=int, default=100)
-    ap.add_argument("--pause", type=float, default=0.0, help="seconds between one scraper's requests")
-    ap.add_argument("--procs", type=int, default=5, help="client processes the scrapers are spread over")
+    ap.add_argument(
+        "--pause", type=float, default=0.0, help="seconds between one scraper's requests"
+    )
+    ap.add_argument(
+        "--procs", type=int, default=5, help="client processes the scrapers are spread over"
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flowpipe-bench-"))
     store = Store(tmp / "store")
     store.ensure()
-    for cluster, responses in lab.generate_lab(5, start_ns=time.time_ns() - 120 * 10**9, seed=1).items():
+    for cluster, responses in lab.generate_lab(
+        5, start_ns=time.time_ns() - 120 * 10**9, seed=1
+    ).items():
         write_responses(store, responses, cluster=cluster)
     rules = tmp / "rules"
     rules.mkdir()
     make_rules(rules, args.rules)
     port = 19965
-    exporter = subprocess.Popen([sys.executable, "-m", "flowpipe.cli", "export", "--rules", str(rules), "--store",
-                                 str(store.root), "--listen", f"127.0.0.1:{port}", "--interval", "30s", "--quiet"])
+    exporter = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flowpipe.cli",
+            "export",
+            "--rules",
+            str(rules),
+            "--store",
+            str(store.root),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "30s",
+            "--quiet",
+        ]
+    )
     try:
         started = time.monotonic()
         while True:  # the first evaluation must have finished: /healthz 200
@@ -107,12 +130,21 @@ def main() -> None:
             time.sleep(0.2)
         conn.request("GET", "/metrics")
         body = conn.getresponse().read()
-        print(f"exporter ready after {time.monotonic() - started:.1f}s (first evaluation of "
-              f"{args.rules} rules x 2 clusters); /metrics is {len(body):,} bytes, "
-              f"{sum(1 for line in body.splitlines() if not line.startswith(b'#')):,} samples")
+        print(
+            f"exporter ready after {time.monotonic() - started:.1f}s (first evaluation of "
+            f"{args.rules} rules x 2 clusters); /metrics is {len(body):,} bytes, "
+            f"{sum(1 for line in body.splitlines() if not line.startswith(b'#')):,} samples"
+        )
         q: mp.Queue = mp.Queue()
-        per = [args.scrapers // args.procs + (1 if i < args.scrapers % args.procs else 0) for i in range(args.procs)]
-        procs = [mp.Process(target=scraper_process, args=(port, n, args.seconds, args.pause, q)) for n in per if n]
+        per = [
+            args.scrapers // args.procs + (1 if i < args.scrapers % args.procs else 0)
+            for i in range(args.procs)
+        ]
+        procs = [
+            mp.Process(target=scraper_process, args=(port, n, args.seconds, args.pause, q))
+            for n in per
+            if n
+        ]
         for p in procs:
             p.start()
         lat = sorted(x for _ in procs for x in q.get())
@@ -127,10 +159,14 @@ def main() -> None:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
 
-    print(f"{args.scrapers} scrapers x {args.seconds:g}s (pause {args.pause:g}s), {os.cpu_count()} CPUs: "
-          f"{len(lat):,} scrapes, {len(lat) / args.seconds:,.0f}/s")
-    print(f"latency ms: p50 {pct(0.50):.1f}  p90 {pct(0.90):.1f}  p99 {pct(0.99):.1f}  max {lat[-1] * 1000:.1f}"
-          f"   (target p99 < 50)")
+    print(
+        f"{args.scrapers} scrapers x {args.seconds:g}s (pause {args.pause:g}s), {os.cpu_count()} CPUs: "
+        f"{len(lat):,} scrapes, {len(lat) / args.seconds:,.0f}/s"
+    )
+    print(
+        f"latency ms: p50 {pct(0.50):.1f}  p90 {pct(0.90):.1f}  p99 {pct(0.99):.1f}  max {lat[-1] * 1000:.1f}"
+        f"   (target p99 < 50)"
+    )
 
 
 if __name__ == "__main__":

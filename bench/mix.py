@@ -80,12 +80,25 @@ APPS: list[tuple[str, str, str, int, int, str]] = [
     ("messaging", "mail-relay", "Deployment", 2, 8080, "http"),
 ]
 
-HELM_NAMESPACES = {"kube-system", "monitoring", "ingress-nginx", "cert-manager", "argocd", "logging", "messaging"}
+HELM_NAMESPACES = {
+    "kube-system",
+    "monitoring",
+    "ingress-nginx",
+    "cert-manager",
+    "argocd",
+    "logging",
+    "messaging",
+}
 
 # client app -> server app (or world:<name>), weight, HTTP paths when the edge has L7 visibility
 EDGES: list[tuple[str, str, int, tuple[str, ...]]] = [
     ("ingress-nginx-controller", "frontend", 30, ("/", "/products", "/cart", "/api/session")),
-    ("frontend", "catalog", 25, ("/api/v1/products", "/api/v1/products/{id}", "/api/v1/categories")),
+    (
+        "frontend",
+        "catalog",
+        25,
+        ("/api/v1/products", "/api/v1/products/{id}", "/api/v1/categories"),
+    ),
     ("frontend", "search-api", 12, ("/api/v1/search?q={q}",)),
     ("frontend", "recommender", 10, ("/api/v1/recommendations/{id}",)),
     ("frontend", "checkout", 6, ("/api/v1/checkout", "/api/v1/cart/{id}")),
@@ -187,9 +200,26 @@ TCP_SEQUENCE = [  # (flags, is_reply, weight): a connection's life, as observed
 ]
 TCP_ORDER = ("SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR", "NS")
 
-HTTP_CODES = [(200, 80), (201, 4), (204, 3), (304, 3), (400, 2), (401, 2), (403, 1), (404, 3), (500, 1), (503, 1)]
-USER_AGENTS = ["Go-http-client/1.1", "okhttp/4.12.0", "python-requests/2.31.0", "Prometheus/2.53.1",
-               "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15", "axios/1.7.2"]
+HTTP_CODES = [
+    (200, 80),
+    (201, 4),
+    (204, 3),
+    (304, 3),
+    (400, 2),
+    (401, 2),
+    (403, 1),
+    (404, 3),
+    (500, 1),
+    (503, 1),
+]
+USER_AGENTS = [
+    "Go-http-client/1.1",
+    "okhttp/4.12.0",
+    "python-requests/2.31.0",
+    "Prometheus/2.53.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15",
+    "axios/1.7.2",
+]
 RCODE_TEXT = {0: "No Error", 2: "Server Failure", 3: "Non-Existent Domain"}
 
 
@@ -250,7 +280,11 @@ def _identity(cluster: str, ns: str, app: str) -> int:
 
 
 def _reserved(name: str, identity: int, cluster: str) -> flow_pb2.Endpoint:
-    return flow_pb2.Endpoint(identity=identity, labels=[f"reserved:{name}"], cluster_name=cluster if name != "world" else "")
+    return flow_pb2.Endpoint(
+        identity=identity,
+        labels=[f"reserved:{name}"],
+        cluster_name=cluster if name != "world" else "",
+    )
 
 
 def _policy(name: str, ns: str, revision: int) -> flow_pb2.Policy:
@@ -260,7 +294,9 @@ def _policy(name: str, ns: str, revision: int) -> flow_pb2.Policy:
         f"k8s:io.cilium.k8s.policy.namespace={ns}",
         f"k8s:io.cilium.k8s.policy.uid={uuid.UUID(_hexdigest(name, ns, n=32))}",
     ]
-    return flow_pb2.Policy(name=name, namespace=ns, labels=labels, revision=revision, kind="CiliumNetworkPolicy")
+    return flow_pb2.Policy(
+        name=name, namespace=ns, labels=labels, revision=revision, kind="CiliumNetworkPolicy"
+    )
 
 
 class World:
@@ -311,7 +347,9 @@ class World:
                         workloads=[flow_pb2.Workload(name=app, kind=kind)],
                     )
                     lxc = (rng.randrange(8, 400), f"lxc{_hexdigest(cname, name, n=12)}")
-                    pods.append(Pod(cname, ns, app, name, ip, node, port, proto, ep, _mac(cname, name), lxc))
+                    pods.append(
+                        Pod(cname, ns, app, name, ip, node, port, proto, ep, _mac(cname, name), lxc)
+                    )
                 cl.pods[app] = pods
             self.clusters[cname] = cl
         self.world = _reserved("world", 2, "")
@@ -332,7 +370,9 @@ class World:
         self.edge_weights = [e[2] for e in self.edges]
         self.http_edges = [e for e in self.edges if e[3]]
         self.http_weights = [e[2] for e in self.http_edges]
-        self.metrics_targets = [a[1] for a in APPS if a[5] in ("http", "https") and a[1] != "prometheus"]
+        self.metrics_targets = [
+            a[1] for a in APPS if a[5] in ("http", "https") and a[1] != "prometheus"
+        ]
 
 
 def _flags_summary(flags: Sequence[str]) -> str:
@@ -342,7 +382,9 @@ def _flags_summary(flags: Sequence[str]) -> str:
 class _Gen:
     """Builds one flow at a time; rng and world are fixed at construction."""
 
-    def __init__(self, world: World, rng: random.Random, clusters: Sequence[str], observed_by: Sequence[str]):
+    def __init__(
+        self, world: World, rng: random.Random, clusters: Sequence[str], observed_by: Sequence[str]
+    ):
         self.w = world
         self.rng = rng
         self.clusters = list(clusters)
@@ -374,7 +416,11 @@ class _Gen:
             server_app = self.rng.choice(self.w.metrics_targets)
         if server_app.startswith("world:") or server_app == "kube-apiserver":
             return client, server_app, ""
-        return client, self.pod(self.remote_cluster(cluster), server_app), self.rng.choice(paths) if paths else ""
+        return (
+            client,
+            self.pod(self.remote_cluster(cluster), server_app),
+            self.rng.choice(paths) if paths else "",
+        )
 
     def ephemeral(self) -> int:
         return self.rng.randrange(32768, 61000)
@@ -422,7 +468,14 @@ class _Gen:
         if isinstance(server, Pod):
             return client, server.endpoint, server.ip, server.port, server, ""
         if server == "kube-apiserver":
-            return client, self.w.kube_apiserver[cluster], f"172.{15 + self.w.clusters[cluster].index}.0.2", 6443, None, ""
+            return (
+                client,
+                self.w.kube_apiserver[cluster],
+                f"172.{15 + self.w.clusters[cluster].index}.0.2",
+                6443,
+                None,
+                "",
+            )
         name = server.split(":", 1)[1]
         ep, ip = self.world_ep(name)
         return client, ep, ip, 443, None, name
@@ -440,9 +493,23 @@ class _Gen:
         f.Type = flow_pb2.L3_L4
         f.event_type.type = 4
         if reply:
-            src_ep, dst_ep, sip_, dip_, sp, dp = sep, client.endpoint, sip, client.ip, sport_srv, eph
+            src_ep, dst_ep, sip_, dip_, sp, dp = (
+                sep,
+                client.endpoint,
+                sip,
+                client.ip,
+                sport_srv,
+                eph,
+            )
         else:
-            src_ep, dst_ep, sip_, dip_, sp, dp = client.endpoint, sep, client.ip, sip, eph, sport_srv
+            src_ep, dst_ep, sip_, dip_, sp, dp = (
+                client.endpoint,
+                sep,
+                client.ip,
+                sip,
+                eph,
+                sport_srv,
+            )
         f.source.CopyFrom(src_ep)
         f.destination.CopyFrom(dst_ep)
         self.set_ip(f, sip_, dip_)
@@ -476,7 +543,11 @@ class _Gen:
             f.ethernet.destination = spod.mac
         if reply:
             f.traffic_direction = flow_pb2.INGRESS if not at_server else flow_pb2.EGRESS
-        f.trace_reason = flow_pb2.REPLY if reply else (flow_pb2.NEW if flags == ("SYN",) else flow_pb2.ESTABLISHED)
+        f.trace_reason = (
+            flow_pb2.REPLY
+            if reply
+            else (flow_pb2.NEW if flags == ("SYN",) else flow_pb2.ESTABLISHED)
+        )
         f.is_reply.value = reply
         f.reply = reply
         f.Summary = _flags_summary(flags)
@@ -549,7 +620,10 @@ class _Gen:
         rng = self.rng
         src_app, dst_app, port = rng.choice(DENIED)
         if src_app == "world":
-            src_ep, sip = self.w.world, f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            src_ep, sip = (
+                self.w.world,
+                f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            )
             dst = self.pod(cluster, dst_app)
             dst_ep, dip, node, ns = dst.endpoint, dst.ip, dst.node, dst.namespace
             mac_src, mac_dst = _mac(cluster, dst.node), dst.mac
@@ -600,8 +674,16 @@ class _Gen:
         if server_app == "*":
             server_app = rng.choice(self.w.metrics_targets)
         server = self.pod(self.remote_cluster(cluster), server_app)
-        path = rng.choice(paths).replace("{id}", str(rng.randrange(1, 200_000))).replace("{q}", rng.choice(["shoes", "red+dress", "laptop", "usb-c"]))
-        method = "GET" if path == "/metrics" or rng.random() < 0.7 else rng.choice(["POST", "PUT", "DELETE", "PATCH"])
+        path = (
+            rng.choice(paths)
+            .replace("{id}", str(rng.randrange(1, 200_000)))
+            .replace("{q}", rng.choice(["shoes", "red+dress", "laptop", "usb-c"]))
+        )
+        method = (
+            "GET"
+            if path == "/metrics" or rng.random() < 0.7
+            else rng.choice(["POST", "PUT", "DELETE", "PATCH"])
+        )
         response = rng.random() < 0.5
         f = self.base(r, cluster, client.node)
         f.verdict = flow_pb2.FORWARDED
@@ -692,7 +774,9 @@ class _Gen:
                 answer = '"' + ",".join(ips) + '"'
                 f.Summary = f"DNS Answer {answer} TTL: {ttl} (Proxy {query} {qtype})"
             else:
-                f.Summary = f"DNS Answer RCode: {RCODE_TEXT[rcode]} TTL: {ttl} (Proxy {query} {qtype})"
+                f.Summary = (
+                    f"DNS Answer RCode: {RCODE_TEXT[rcode]} TTL: {ttl} (Proxy {query} {qtype})"
+                )
         else:
             f.l7.type = flow_pb2.REQUEST
             f.source.CopyFrom(client.endpoint)
@@ -722,7 +806,11 @@ class _Gen:
             peer_ep, peer_ip, port = self.w.remote_node[cluster], cl.node_ips[other], pod.port
         else:
             other = rng.choice(cl.nodes)
-            peer_ep, peer_ip, port = self.w.health[cluster], f"10.{(cl.index - 1) * 32}.{cl.nodes.index(other)}.1", 4240
+            peer_ep, peer_ip, port = (
+                self.w.health[cluster],
+                f"10.{(cl.index - 1) * 32}.{cl.nodes.index(other)}.1",
+                4240,
+            )
         if reply:
             f.source.CopyFrom(pod.endpoint)
             f.destination.CopyFrom(peer_ep)
@@ -740,7 +828,11 @@ class _Gen:
             f.traffic_direction = flow_pb2.INGRESS
             f.interface.index, f.interface.name = pod.lxc
         f.ethernet.source, f.ethernet.destination = _mac(cluster, pod.node), pod.mac
-        f.trace_reason = flow_pb2.REPLY if reply else (flow_pb2.NEW if flags == ("SYN",) else flow_pb2.ESTABLISHED)
+        f.trace_reason = (
+            flow_pb2.REPLY
+            if reply
+            else (flow_pb2.NEW if flags == ("SYN",) else flow_pb2.ESTABLISHED)
+        )
         f.is_reply.value = reply
         f.reply = reply
         f.Summary = _flags_summary(flags)
@@ -773,7 +865,9 @@ def generate(
 
 def to_jsonpb(resp: observer_pb2.GetFlowsResponse) -> str:
     """One line as `hubble observe -o jsonpb` prints it (proto field names, compact)."""
-    return json.dumps(json_format.MessageToDict(resp, preserving_proto_field_name=True), separators=(",", ":"))
+    return json.dumps(
+        json_format.MessageToDict(resp, preserving_proto_field_name=True), separators=(",", ":")
+    )
 
 
 def _varint(v: int) -> bytes:
@@ -788,7 +882,9 @@ def _varint(v: int) -> bytes:
             return bytes(out)
 
 
-def template_offsets(data: bytes, flow_uuid: str, seconds: int, nanos: int) -> tuple[int, int, int, int, int]:
+def template_offsets(
+    data: bytes, flow_uuid: str, seconds: int, nanos: int
+) -> tuple[int, int, int, int, int]:
     """(uuid, flow seconds, flow nanos, response seconds, response nanos) byte offsets in data."""
     u = data.find(flow_uuid.encode())
     if u < 0 or data.find(flow_uuid.encode(), u + 1) >= 0:
@@ -819,7 +915,9 @@ def write_templates(
     total = 0
     out = bytearray(TEMPLATE_MAGIC + struct.pack("<I", n))
     base = 1_700_000_000
-    for i, r in enumerate(generate(n, seed=seed, clusters=clusters, start_ns=0, observed_by=observed_by)):
+    for i, r in enumerate(
+        generate(n, seed=seed, clusters=clusters, start_ns=0, observed_by=observed_by)
+    ):
         seconds = base + i
         nanos = NANOS_MIN + (i * 7919) % NANOS_SPAN
         r.flow.time.seconds, r.flow.time.nanos = seconds, nanos
@@ -845,9 +943,13 @@ def main(argv: list[str] | None = None) -> int:
     clusters = tuple(args.cluster or ("cluster1", "cluster2"))
     if args.templates:
         t0 = time.perf_counter()
-        size = write_templates(args.templates, args.n, seed=args.seed, clusters=clusters, observed_by=args.observed_by)
-        print(f"wrote {args.n} templates to {args.templates} (mean {size} bytes) in {time.perf_counter() - t0:.1f}s",
-              file=sys.stderr)
+        size = write_templates(
+            args.templates, args.n, seed=args.seed, clusters=clusters, observed_by=args.observed_by
+        )
+        print(
+            f"wrote {args.n} templates to {args.templates} (mean {size} bytes) in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
     if args.jsonpb:
         for r in generate(args.n, seed=args.seed, clusters=clusters, observed_by=args.observed_by):
             print(to_jsonpb(r))

@@ -43,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the peer with --flows N and time a trivial client receiving them."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--flows", type=int, default=500_000, help="messages to receive")
-    ap.add_argument("--default-client", action="store_true",
-                    help="also measure grpcio's default (multi-threaded) iterator")
-    ap.add_argument("--min-rate", type=float, default=60_000, help="the peer must be faster than this")
+    ap.add_argument(
+        "--default-client",
+        action="store_true",
+        help="also measure grpcio's default (multi-threaded) iterator",
+    )
+    ap.add_argument(
+        "--min-rate", type=float, default=60_000, help="the peer must be faster than this"
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 below --min-rate")
     args = ap.parse_args(argv)
     print(load_note())
@@ -58,14 +63,25 @@ def main(argv: list[str] | None = None) -> int:
             peer.stop()
             rate = args.flows / secs
             results[label] = rate
-            print(f"{label:>16} client: {args.flows:,} msgs ({size / args.flows:,.0f} B mean) in {secs:.2f}s = "
-                  f"{rate:,.0f} msgs/s received; peer reports {peer.send_rate() or 0:,.0f} msgs/s sent")
+            print(
+                f"{label:>16} client: {args.flows:,} msgs ({size / args.flows:,.0f} B mean) in {secs:.2f}s = "
+                f"{rate:,.0f} msgs/s received; peer reports {peer.send_rate() or 0:,.0f} msgs/s sent"
+            )
     rate = results["single-threaded"]
-    save_result("peer_rate", {"flows": args.flows, "msgs_per_s": round(rate),
-                              **{f"{k}_msgs_per_s": round(v) for k, v in results.items()}})
+    save_result(
+        "peer_rate",
+        {
+            "flows": args.flows,
+            "msgs_per_s": round(rate),
+            **{f"{k}_msgs_per_s": round(v) for k, v in results.items()},
+        },
+    )
     if rate < args.min_rate:
-        print(f"peer_rate: {rate:,.0f} msgs/s is below {args.min_rate:,.0f}: too slow to benchmark a collector "
-              f"({load_note()})", file=sys.stderr)
+        print(
+            f"peer_rate: {rate:,.0f} msgs/s is below {args.min_rate:,.0f}: too slow to benchmark a collector "
+            f"({load_note()})",
+            file=sys.stderr,
+        )
         return 1 if args.strict else 0
     print(f"peer_rate: OK, above {args.min_rate:,.0f} msgs/s")
     return 0

@@ -14,12 +14,34 @@ from common import BENCH, RESULTS, load_note
 BENCHMARKS = [
     ("peer_rate", "peer_rate.py", ["--flows", "500000"], ["--flows", "200000"], 300),
     ("collect_stages", "collect_stages.py", [], ["--batches", "3", "--receive", "100000"], 600),
-    ("collect_throughput_1", "collect_throughput.py", ["--flows", "1000000"], ["--flows", "300000"], 900),
-    ("collect_throughput_2", "collect_throughput.py", ["--flows", "1000000", "--clusters", "2"],
-     ["--flows", "300000", "--clusters", "2"], 900),
-    ("storage", "storage.py", ["--flows", "1000000"], ["--flows", "120000", "--verify", "5000"], 1200),
-    ("collect_rss", "collect_throughput.py", ["--rss", "--rate", "30000", "--duration", "300"],
-     ["--rss", "--rate", "30000", "--duration", "60"], 900),
+    (
+        "collect_throughput_1",
+        "collect_throughput.py",
+        ["--flows", "1000000"],
+        ["--flows", "300000"],
+        900,
+    ),
+    (
+        "collect_throughput_2",
+        "collect_throughput.py",
+        ["--flows", "1000000", "--clusters", "2"],
+        ["--flows", "300000", "--clusters", "2"],
+        900,
+    ),
+    (
+        "storage",
+        "storage.py",
+        ["--flows", "1000000"],
+        ["--flows", "120000", "--verify", "5000"],
+        1200,
+    ),
+    (
+        "collect_rss",
+        "collect_throughput.py",
+        ["--rss", "--rate", "30000", "--duration", "300"],
+        ["--rss", "--rate", "30000", "--duration", "60"],
+        900,
+    ),
     # a big store is built once and cached (bench/bigstore.py: ~4 min for 1M, ~9 min for 10M)
     ("check_speed", "check_speed.py", [], ["--flows", "1000000", "--no-jq", "--repeat", "1"], 5400),
     ("serve_speed", "serve_speed.py", [], ["--flows", "1000000", "--max-seconds", "20"], 1800),
@@ -32,7 +54,9 @@ HELPERS = {"common.py", "mix.py", "run.py", "bigstore.py"}  # modules that are n
 def others() -> list[tuple[str, str, list[str], list[str], int]]:
     """Benchmarks in bench/ that the table above does not know: run with their defaults."""
     known = {b[1] for b in BENCHMARKS} | HELPERS
-    return [(p.stem, p.name, [], [], 900) for p in sorted(BENCH.glob("*.py")) if p.name not in known]
+    return [
+        (p.stem, p.name, [], [], 900) for p in sorted(BENCH.glob("*.py")) if p.name not in known
+    ]
 
 
 def run_one(cmd: list[str], timeout: float) -> tuple[int | str, str]:
@@ -54,31 +78,69 @@ def summary(name: str, r: dict) -> list[tuple[str, str, str]]:
     if name == "peer_rate":
         return [("peer -> trivial Python client", f"{r['msgs_per_s']:,} msgs/s", ">= 60,000")]
     if name == "collect_stages":
-        return [("collector CPU per flow, all stages", f"{r['total_us']} us/flow", "<= 33 us (30k/s on 1 core)")]
+        return [
+            (
+                "collector CPU per flow, all stages",
+                f"{r['total_us']} us/flow",
+                "<= 33 us (30k/s on 1 core)",
+            )
+        ]
     if name.startswith("collect_throughput"):
-        return [(f"collect end to end, {r['clusters']} relay(s)", f"{r['flows_per_s']:,} flows/s", ">= 30,000"),
-                (f"collect peak RSS, {r['clusters']} relay(s)", f"{r['peak_rss_mb']:,} MB", "")]
+        return [
+            (
+                f"collect end to end, {r['clusters']} relay(s)",
+                f"{r['flows_per_s']:,} flows/s",
+                ">= 30,000",
+            ),
+            (f"collect peak RSS, {r['clusters']} relay(s)", f"{r['peak_rss_mb']:,} MB", ""),
+        ]
     if name == "storage":
-        return [("store bytes/flow vs gzip jsonpb", f"{r['parquet_b']} vs {r['gzip_jsonpb_b']} B = {r['ratio']}x",
-                 "<= 0.5x"), ("lossless (sampled)", r["lossless"], "all equal")]
+        return [
+            (
+                "store bytes/flow vs gzip jsonpb",
+                f"{r['parquet_b']} vs {r['gzip_jsonpb_b']} B = {r['ratio']}x",
+                "<= 0.5x",
+            ),
+            ("lossless (sampled)", r["lossless"], "all equal"),
+        ]
     if name == "collect_rss":
-        return [(f"RSS, {r['rate']:,}/s for {r['duration_s']:.0f}s",
-                 f"{r['rss_steady_min_mb']}..{r['rss_steady_max_mb']} MB (peak {r['peak_rss_mb']})", "<= 250 MB")]
+        return [
+            (
+                f"RSS, {r['rate']:,}/s for {r['duration_s']:.0f}s",
+                f"{r['rss_steady_min_mb']}..{r['rss_steady_max_mb']} MB (peak {r['peak_rss_mb']})",
+                "<= 250 MB",
+            )
+        ]
     if name == "check_speed":
         rows = []
         for n, st in sorted(r["stores"].items(), key=lambda kv: int(kv[0])):
             s5 = st["check_s"].get("stage5.sql")
-            others = ", ".join(f"{k.split('.')[0][-1]}: {v:.2f}" for k, v in st["check_s"].items()
-                               if k != "stage5.sql" and "since" not in k)
+            others = ", ".join(
+                f"{k.split('.')[0][-1]}: {v:.2f}"
+                for k, v in st["check_s"].items()
+                if k != "stage5.sql" and "since" not in k
+            )
             if s5 is not None:
                 ratio = f", {st['ratio']:,}x jq" if st.get("ratio") else ""
-                rows.append((f"check stage 5 over {int(n):,} flows", f"{s5:.2f} s{ratio}", "< 3 s, >= 100x jq (10M)"))
+                rows.append(
+                    (
+                        f"check stage 5 over {int(n):,} flows",
+                        f"{s5:.2f} s{ratio}",
+                        "< 3 s, >= 100x jq (10M)",
+                    )
+                )
             if others:
                 rows.append((f"check stages over {int(n):,} flows", f"{others} s", ""))
         return rows
     if name == "serve_speed":
-        return [(f"serve --since {q['since']} filter {q['filter']} ({r['flows']:,} stored)",
-                 f"first flow {q['first_s']} s, {q['flows_per_s']:,} flows/s", "") for q in r["results"]]
+        return [
+            (
+                f"serve --since {q['since']} filter {q['filter']} ({r['flows']:,} stored)",
+                f"first flow {q['first_s']} s, {q['flows_per_s']:,} flows/s",
+                "",
+            )
+            for q in r["results"]
+        ]
     return []
 
 
@@ -113,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += [(name, *row) for row in summary(name, json.loads(path.read_text()))]
         else:
             rows.append((name, "last line", last_lines[name][:90], ""))
-    widths = [max(len(str(r[i])) for r in rows + [("benchmark", "figure", "measured", "target")]) for i in range(4)]
+    widths = [
+        max(len(str(r[i])) for r in rows + [("benchmark", "figure", "measured", "target")])
+        for i in range(4)
+    ]
     print(f"\n{load_note()}")
     for r in [("benchmark", "figure", "measured", "target"), tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))

@@ -35,8 +35,10 @@ SEC = 1_000_000_000
 FILTERS = {
     "none": [],
     # --namespace shop --label app=frontend: frontend pods of shop, either direction
-    "shop+label": [F(source_pod=["shop/"], source_label=["app=frontend"]),
-                   F(destination_pod=["shop/"], destination_label=["app=frontend"])],
+    "shop+label": [
+        F(source_pod=["shop/"], source_label=["app=frontend"]),
+        F(destination_pod=["shop/"], destination_label=["app=frontend"]),
+    ],
     "dropped": [F(verdict=[flow_pb2.DROPPED])],  # --verdict DROPPED
 }
 
@@ -44,8 +46,12 @@ FILTERS = {
 def start_server(store_root: Path, port: int, timeout: float = 120.0) -> subprocess.Popen:
     """`flowpipe serve` on 127.0.0.1:port, returned once it listens."""
     exe = shutil.which("flowpipe", path=str(Path(sys.executable).parent)) or "flowpipe"
-    proc = subprocess.Popen([exe, "serve", "--store", str(store_root), "--listen", f"127.0.0.1:{port}", "--plaintext"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [exe, "serve", "--store", str(store_root), "--listen", f"127.0.0.1:{port}", "--plaintext"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     line = ""
     while time.monotonic() < deadline:
@@ -63,8 +69,11 @@ def query(address: str, req: Req, max_flows: int, max_seconds: float) -> dict:
     """Seconds to the first response, responses and bytes received, and responses/s after the first."""
     options = [(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
     with grpc.insecure_channel(address, options=options) as channel:
-        call = channel.unary_stream("/observer.Observer/GetFlows", request_serializer=Req.SerializeToString,
-                                    response_deserializer=None)
+        call = channel.unary_stream(
+            "/observer.Observer/GetFlows",
+            request_serializer=Req.SerializeToString,
+            response_deserializer=None,
+        )
         started = time.perf_counter()
         first = None
         n = size = 0
@@ -83,9 +92,14 @@ def query(address: str, req: Req, max_flows: int, max_seconds: float) -> dict:
                 raise
         end = time.perf_counter()
     rate = (n - 1) / (end - first) if first is not None and n > 1 and end > first else 0.0
-    return {"first_s": round(first - started, 3) if first else None, "flows": n, "total_s": round(end - started, 2),
-            "flows_per_s": round(rate), "bytes_per_flow": round(size / n) if n else 0,
-            "truncated": n >= max_flows or end - started >= max_seconds}
+    return {
+        "first_s": round(first - started, 3) if first else None,
+        "flows": n,
+        "total_s": round(end - started, 2),
+        "flows_per_s": round(rate),
+        "bytes_per_flow": round(size / n) if n else 0,
+        "truncated": n >= max_flows or end - started >= max_seconds,
+    }
 
 
 def profile(pid: int, seconds: float, out: Path) -> str:
@@ -93,8 +107,24 @@ def profile(pid: int, seconds: float, out: Path) -> str:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not spy:
         return "py-spy not installed"
-    subprocess.run([spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw", "-o", str(out)],
-                   capture_output=True, timeout=seconds + 60)
+    subprocess.run(
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "100",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        timeout=seconds + 60,
+    )
     if not out.exists():
         return "py-spy recorded nothing (ptrace not permitted?)"
     own: dict[str, int] = {}
@@ -102,13 +132,17 @@ def profile(pid: int, seconds: float, out: Path) -> str:
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        if not count.isdigit() or any("wait" in f or "_worker" in f.split(" ")[0] for f in frames[-1:]):
+        if not count.isdigit() or any(
+            "wait" in f or "_worker" in f.split(" ")[0] for f in frames[-1:]
+        ):
             continue
         total += int(count)
         for f in dict.fromkeys(frames):
             own[f] = own.get(f, 0) + int(count)
     top = sorted(own.items(), key=lambda kv: -kv[1])
-    keep = [f"{100 * c / total:5.1f}% {f}" for f, c in top if "flowpipe/" in f or "duckdb" in f.lower()][:12]
+    keep = [
+        f"{100 * c / total:5.1f}% {f}" for f, c in top if "flowpipe/" in f or "duckdb" in f.lower()
+    ][:12]
     return "\n".join(keep)
 
 
@@ -133,19 +167,30 @@ def main(argv: list[str] | None = None) -> int:
     """Run the queries against flowpipe serve over store-<N> and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows", type=int, default=10_000_000, help="store size (bench/bigstore.py)")
-    ap.add_argument("--since", action="append", help="windows before the newest flow (default 1h and 10m)")
-    ap.add_argument("--filter", action="append", choices=list(FILTERS), help="filters (default all)")
-    ap.add_argument("--max-flows", type=int, default=200_000, help="stop a query after this many flows")
+    ap.add_argument(
+        "--since", action="append", help="windows before the newest flow (default 1h and 10m)"
+    )
+    ap.add_argument(
+        "--filter", action="append", choices=list(FILTERS), help="filters (default all)"
+    )
+    ap.add_argument(
+        "--max-flows", type=int, default=200_000, help="stop a query after this many flows"
+    )
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop a query after this long")
-    ap.add_argument("--profile", action="store_true", help="py-spy the server during the unfiltered 10m query")
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy the server during the unfiltered 10m query"
+    )
     args = ap.parse_args(argv)
     store, meta = bigstore.build(args.flows)
     print(load_note(), flush=True)
     port = free_port()
     t0 = time.perf_counter()
     server = start_server(store.root, port)
-    print(f"flowpipe serve over store-{args.flows} ({meta.total:,} flows, {meta.files:,} files) on 127.0.0.1:{port}: "
-          f"listening after {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"flowpipe serve over store-{args.flows} ({meta.total:,} flows, {meta.files:,} files) on 127.0.0.1:{port}: "
+        f"listening after {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     address = f"127.0.0.1:{port}"
     results = []
     try:
@@ -157,14 +202,19 @@ def main(argv: list[str] | None = None) -> int:
                 req.since.FromNanoseconds(meta.end_ns - secs * SEC)
                 spy = None
                 if args.profile and name == "none" and since == windows[-1]:
-                    spy = Profiler(server.pid, min(args.max_seconds, 20), bigstore.BASE / "serve-profile.txt")
+                    spy = Profiler(
+                        server.pid, min(args.max_seconds, 20), bigstore.BASE / "serve-profile.txt"
+                    )
                 r = query(address, req, args.max_flows, args.max_seconds)
                 prof = spy.result() if spy else None
                 r.update(since=since, filter=name)
                 results.append(r)
                 more = " (stopped: --max-flows/--max-seconds)" if r["truncated"] else ""
-                print(f"since {since:>3} filter {name:<10}: first flow {r['first_s']} s, {r['flows']:,} flows in "
-                      f"{r['total_s']} s = {r['flows_per_s']:,} flows/s{more}", flush=True)
+                print(
+                    f"since {since:>3} filter {name:<10}: first flow {r['first_s']} s, {r['flows']:,} flows in "
+                    f"{r['total_s']} s = {r['flows_per_s']:,} flows/s{more}",
+                    flush=True,
+                )
                 if prof:
                     print("server profile (share of samples, inclusive):\n" + prof, flush=True)
     finally:

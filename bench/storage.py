@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     """Generate the mix, store it like the collector does, and compare with gzip jsonpb."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--flows", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=60_000, help="flows per committed file (collector: 2s at 30k/s)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=60_000,
+        help="flows per committed file (collector: 2s at 30k/s)",
+    )
     ap.add_argument("--verify", type=int, default=20_000, help="flows to check for losslessness")
     ap.add_argument("--top", type=int, default=15, help="leaf columns to list")
     ap.add_argument("--workers", type=int, default=2, help="processes generating flows and jsonpb")
@@ -93,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     step = 1e9 / mix.RATE
     jobs = []
     for k, first in enumerate(range(0, args.flows, args.batch)):
-        jobs.append((args.seed * 10_000 + k, min(args.batch, args.flows - first), start + int(first * step)))
+        jobs.append(
+            (args.seed * 10_000 + k, min(args.batch, args.flows - first), start + int(first * step))
+        )
     t0 = time.perf_counter()
     proto_bytes = json_bytes = gz_bytes = 0
     originals: dict[str, object] = {}
@@ -121,19 +128,31 @@ def main(argv: list[str] | None = None) -> int:
         parquet_c = sum(f.stat().st_size for f in files_c)
         checked_c, equal_c = verify(files_c, originals, args.verify)
         rows_c = sum(pq.read_metadata(f).num_rows for f in files_c)
-        uuids = sum(pc.count_distinct(pq.read_table(f, columns=["_uuid"]).column(0).cast("binary")).as_py()
-                    for f in files_c)
+        uuids = sum(
+            pc.count_distinct(pq.read_table(f, columns=["_uuid"]).column(0).cast("binary")).as_py()
+            for f in files_c
+        )
     n = args.flows
     ratio = parquet / gz_bytes
-    print(f"{n:,} flows of the mix ({proto_bytes / n:,.0f} B protobuf, {json_bytes / n:,.0f} B jsonpb each), "
-          f"{elapsed:.0f}s")
-    print(f"  gzip -{GZIP_LEVEL} jsonpb (hubble observe -o jsonpb / exporter): {gz_bytes / n:7.1f} B/flow "
-          f"({gz_bytes / 1e6:,.1f} MB)")
-    print(f"  flowpipe store, {len(files)} files of {args.batch:,}: {parquet / n:7.1f} B/flow ({parquet / 1e6:,.1f} MB) "
-          f"= {ratio:.2f}x gzip jsonpb; target <= 0.5x: {'OK' if ratio <= 0.5 else 'MISSED'}")
-    print(f"  after compaction ({report.merged_files} -> {report.written_files} files): {parquet_c / n:7.1f} B/flow "
-          f"= {parquet_c / gz_bytes:.2f}x; {rows_c:,} rows, {uuids:,} distinct uuids")
-    print(f"  lossless: {equal:,}/{checked:,} sampled flows equal before compaction, {equal_c:,}/{checked_c:,} after")
+    print(
+        f"{n:,} flows of the mix ({proto_bytes / n:,.0f} B protobuf, {json_bytes / n:,.0f} B jsonpb each), "
+        f"{elapsed:.0f}s"
+    )
+    print(
+        f"  gzip -{GZIP_LEVEL} jsonpb (hubble observe -o jsonpb / exporter): {gz_bytes / n:7.1f} B/flow "
+        f"({gz_bytes / 1e6:,.1f} MB)"
+    )
+    print(
+        f"  flowpipe store, {len(files)} files of {args.batch:,}: {parquet / n:7.1f} B/flow ({parquet / 1e6:,.1f} MB) "
+        f"= {ratio:.2f}x gzip jsonpb; target <= 0.5x: {'OK' if ratio <= 0.5 else 'MISSED'}"
+    )
+    print(
+        f"  after compaction ({report.merged_files} -> {report.written_files} files): {parquet_c / n:7.1f} B/flow "
+        f"= {parquet_c / gz_bytes:.2f}x; {rows_c:,} rows, {uuids:,} distinct uuids"
+    )
+    print(
+        f"  lossless: {equal:,}/{checked:,} sampled flows equal before compaction, {equal_c:,}/{checked_c:,} after"
+    )
     total = sum(top.values())
     print(f"  compressed bytes by top-level column (of {total / n:.1f} B/flow in column chunks):")
     for name, b in top.most_common(12):
@@ -141,14 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  top {args.top} leaf columns:")
     for name, b in leaf.most_common(args.top):
         print(f"    {name:<52} {b / n:7.2f} B/flow {100 * b / total:5.1f}%")
-    save_result("storage", {
-        "flows": n, "protobuf_b": round(proto_bytes / n, 1), "jsonpb_b": round(json_bytes / n, 1),
-        "gzip_jsonpb_b": round(gz_bytes / n, 1), "parquet_b": round(parquet / n, 1),
-        "parquet_compacted_b": round(parquet_c / n, 1), "ratio": round(ratio, 3),
-        "lossless": f"{equal}/{checked}, {equal_c}/{checked_c}",
-        "top_columns": {k: round(v / n, 2) for k, v in top.most_common(12)},
-    })
-    lossless = equal == checked == min(args.verify, n) and equal_c == checked_c and rows_c == uuids == n
+    save_result(
+        "storage",
+        {
+            "flows": n,
+            "protobuf_b": round(proto_bytes / n, 1),
+            "jsonpb_b": round(json_bytes / n, 1),
+            "gzip_jsonpb_b": round(gz_bytes / n, 1),
+            "parquet_b": round(parquet / n, 1),
+            "parquet_compacted_b": round(parquet_c / n, 1),
+            "ratio": round(ratio, 3),
+            "lossless": f"{equal}/{checked}, {equal_c}/{checked_c}",
+            "top_columns": {k: round(v / n, 2) for k, v in top.most_common(12)},
+        },
+    )
+    lossless = (
+        equal == checked == min(args.verify, n) and equal_c == checked_c and rows_c == uuids == n
+    )
     return 0 if lossless else 1  # a missed size target is a figure; a lossy store is a failure
 
 

@@ -42,7 +42,9 @@ def handle_errors(fn):
         except Exception as exc:  # a bug: one line for the user, the traceback on request
             if os.environ.get("FLOWPIPE_DEBUG"):
                 raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set FLOWPIPE_DEBUG=1 for the traceback)")
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (set FLOWPIPE_DEBUG=1 for the traceback)"
+            )
 
     return wrapper
 
@@ -82,8 +84,16 @@ def main() -> None:
 @main.command()
 @click.argument("sql")
 @store_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--max-rows", type=int, default=1000, show_default=True, help="Rows printed in table format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--max-rows", type=int, default=1000, show_default=True, help="Rows printed in table format."
+)
 @handle_errors
 def query(sql: str, store_path: str | None, fmt: str, max_rows: int) -> None:
     """Run SQL over the store's views and print the result.
@@ -133,31 +143,98 @@ def setup_logging(quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--relay", "relays", multiple=True, metavar="CLUSTER=HOST:PORT", help="A Hubble Relay and the cluster it serves (repeatable).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file with relays and settings.")
+@click.option(
+    "--relay",
+    "relays",
+    multiple=True,
+    metavar="CLUSTER=HOST:PORT",
+    help="A Hubble Relay and the cluster it serves (repeatable).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML or TOML file with relays and settings.",
+)
 @store_option
-@click.option("--plaintext", is_flag=True, help="Connect to --relay addresses without TLS (e.g. after `cilium hubble port-forward`).")
-@click.option("--tls-ca-cert-files", "ca_files", multiple=True, help="CA certificate(s) to verify the relay (default: system roots).")
+@click.option(
+    "--plaintext",
+    is_flag=True,
+    help="Connect to --relay addresses without TLS (e.g. after `cilium hubble port-forward`).",
+)
+@click.option(
+    "--tls-ca-cert-files",
+    "ca_files",
+    multiple=True,
+    help="CA certificate(s) to verify the relay (default: system roots).",
+)
 @click.option("--tls-client-cert-file", "cert_file", help="Client certificate for mTLS.")
 @click.option("--tls-client-key-file", "key_file", help="Client key for mTLS.")
-@click.option("--tls-server-name", "server_name", help="Name expected in the relay certificate, e.g. ui.hubble-relay.cilium.io.")
-@click.option("--allow", "allow", help="Server-side allowlist: JSON FlowFilter(s) as `hubble observe --print-raw-filters` prints, or a file.")
+@click.option(
+    "--tls-server-name",
+    "server_name",
+    help="Name expected in the relay certificate, e.g. ui.hubble-relay.cilium.io.",
+)
+@click.option(
+    "--allow",
+    "allow",
+    help="Server-side allowlist: JSON FlowFilter(s) as `hubble observe --print-raw-filters` prints, or a file.",
+)
 @click.option("--deny", "deny", help="Server-side denylist, same forms as --allow.")
-@click.option("--since", help="First start only: how far back to ask Relay (e.g. 1h, 'now'); default: all it holds.")
-@click.option("--flush-interval", help="Commit buffered flows at least this often (default 2s, max 5s).")
-@click.option("--flush-rows", type=int, help="Commit earlier when this many flows are buffered (default 30000).")
-@click.option("--max-buffer", help="Per cluster, stop reading the relay while this much is buffered (default 32MB).")
+@click.option(
+    "--since",
+    help="First start only: how far back to ask Relay (e.g. 1h, 'now'); default: all it holds.",
+)
+@click.option(
+    "--flush-interval", help="Commit buffered flows at least this often (default 2s, max 5s)."
+)
+@click.option(
+    "--flush-rows",
+    type=int,
+    help="Commit earlier when this many flows are buffered (default 30000).",
+)
+@click.option(
+    "--max-buffer",
+    help="Per cluster, stop reading the relay while this much is buffered (default 32MB).",
+)
 @click.option("--keepalive", help="HTTP/2 ping interval to notice dead connections (default 30s).")
-@click.option("--idle-timeout", help="Re-dial a stream that delivers nothing for this long (default off).")
+@click.option(
+    "--idle-timeout", help="Re-dial a stream that delivers nothing for this long (default off)."
+)
 @click.option("--backoff-max", help="Longest wait between reconnect attempts (default 30s).")
-@click.option("--resume-overlap", help="On resume, ask Relay for this much before the newest stored flow (default 10s).")
-@click.option("--metrics-listen", metavar="HOST:PORT", help="Serve the collector's Prometheus /metrics here.")
+@click.option(
+    "--resume-overlap",
+    help="On resume, ask Relay for this much before the newest stored flow (default 10s).",
+)
+@click.option(
+    "--metrics-listen", metavar="HOST:PORT", help="Serve the collector's Prometheus /metrics here."
+)
 @click.option("--keep", help="Retention for automatic compaction, e.g. 7d (default: keep all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines, warnings and errors only.")
 @handle_errors
-def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key_file, server_name, allow, deny,
-            since, flush_interval, flush_rows, max_buffer, keepalive, idle_timeout, backoff_max, resume_overlap, metrics_listen,
-            keep, quiet) -> None:
+def collect(
+    relays,
+    config_file,
+    store_path,
+    plaintext,
+    ca_files,
+    cert_file,
+    key_file,
+    server_name,
+    allow,
+    deny,
+    since,
+    flush_interval,
+    flush_rows,
+    max_buffer,
+    keepalive,
+    idle_timeout,
+    backoff_max,
+    resume_overlap,
+    metrics_listen,
+    keep,
+    quiet,
+) -> None:
     """Stream flows from every cluster's Hubble Relay into the store until Ctrl-C.
 
     Resumes after errors and restarts from the newest stored flow of each cluster, dropping
@@ -171,15 +248,31 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
     from flowpipe.ingest import collector as collect_mod
     from flowpipe.ingest import config as cfgmod
 
-    cfg = cfgmod.from_dict(cfgmod.load_file(config_file), config_file) if config_file else cfgmod.CollectConfig()
-    tls = cfgmod.TLSConfig(enabled=not plaintext, ca_files=list(ca_files), cert_file=cert_file, key_file=key_file, server_name=server_name)
+    cfg = (
+        cfgmod.from_dict(cfgmod.load_file(config_file), config_file)
+        if config_file
+        else cfgmod.CollectConfig()
+    )
+    tls = cfgmod.TLSConfig(
+        enabled=not plaintext,
+        ca_files=list(ca_files),
+        cert_file=cert_file,
+        key_file=key_file,
+        server_name=server_name,
+    )
     allow_f = cfgmod.parse_filters(allow, "--allow") if allow else []
     deny_f = cfgmod.parse_filters(deny, "--deny") if deny else []
     for text in relays:
         cluster, address = cfgmod.parse_relay(text)
         cfg.relays.append(cfgmod.RelayConfig(cluster, address, tls=tls, allow=allow_f, deny=deny_f))
-    for name, value in (("flush_interval", flush_interval), ("keepalive", keepalive), ("idle_timeout", idle_timeout),
-                        ("backoff_max", backoff_max), ("resume_overlap", resume_overlap), ("keep", keep)):
+    for name, value in (
+        ("flush_interval", flush_interval),
+        ("keepalive", keepalive),
+        ("idle_timeout", idle_timeout),
+        ("backoff_max", backoff_max),
+        ("resume_overlap", resume_overlap),
+        ("keep", keep),
+    ):
         if value is not None:
             setattr(cfg, name, cfgmod.parse_duration(value, f"--{name.replace('_', '-')}"))
     if flush_rows is not None:
@@ -206,11 +299,22 @@ def collect(relays, config_file, store_path, plaintext, ca_files, cert_file, key
 @main.command()
 @store_option
 @click.option("--keep", help="Remove hour partitions older than this, e.g. 7d.")
-@click.option("--grace", default="2m", show_default=True, help="Leave hours that ended less than this ago.")
-@click.option("--settle", default="30s", show_default=True, help="Open hours: merge only files committed longer ago than this.")
-@click.option("--no-wait", is_flag=True, help="Do nothing if another compaction of the store is running.")
+@click.option(
+    "--grace", default="2m", show_default=True, help="Leave hours that ended less than this ago."
+)
+@click.option(
+    "--settle",
+    default="30s",
+    show_default=True,
+    help="Open hours: merge only files committed longer ago than this.",
+)
+@click.option(
+    "--no-wait", is_flag=True, help="Do nothing if another compaction of the store is running."
+)
 @handle_errors
-def compact(store_path: str | None, keep: str | None, grace: str, settle: str, no_wait: bool) -> None:
+def compact(
+    store_path: str | None, keep: str | None, grace: str, settle: str, no_wait: bool
+) -> None:
     """Merge small files (closed hours into large ones, open hours 16 at a time), and apply retention.
 
     Safe while collect writes and queries run: files are swapped atomically.
@@ -243,11 +347,18 @@ def compact(store_path: str | None, keep: str | None, grace: str, settle: str, n
 @main.command("import")
 @click.argument("files", nargs=-1, required=True)
 @store_option
-@click.option("--cluster", help="Cluster name for every flow (default: from node_name 'cluster/node', else 'default').")
-@click.option("--strict", is_flag=True, help="Abort on the first malformed line; nothing is written.")
+@click.option(
+    "--cluster",
+    help="Cluster name for every flow (default: from node_name 'cluster/node', else 'default').",
+)
+@click.option(
+    "--strict", is_flag=True, help="Abort on the first malformed line; nothing is written."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @handle_errors
-def import_cmd(files: tuple[str, ...], store_path: str | None, cluster: str | None, strict: bool, quiet: bool) -> None:
+def import_cmd(
+    files: tuple[str, ...], store_path: str | None, cluster: str | None, strict: bool, quiet: bool
+) -> None:
     """Load hubble jsonpb captures or Hubble exporter logs (plain, .gz, or - for stdin).
 
     Malformed lines are reported as FILE:LINE with the reason (and make the exit code 1);
@@ -264,7 +375,9 @@ def import_cmd(files: tuple[str, ...], store_path: str | None, cluster: str | No
     show_bar = not quiet and sys.stderr.isatty() and "-" not in files
     if show_bar:
         with click.progressbar(length=0, label="importing", file=sys.stderr, show_pos=True) as bar:
-            report = importer.import_files(store, list(files), cluster=cluster, strict=strict, on_progress=bar.update)
+            report = importer.import_files(
+                store, list(files), cluster=cluster, strict=strict, on_progress=bar.update
+            )
     else:
         report = importer.import_files(store, list(files), cluster=cluster, strict=strict)
     for err in report.errors:
@@ -286,16 +399,51 @@ def import_cmd(files: tuple[str, ...], store_path: str | None, cluster: str | No
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @store_option
-@click.option("--since", help="Start of the window: a duration before now (15m, 2h, 7d) or RFC3339. Default: all.")
+@click.option(
+    "--since",
+    help="Start of the window: a duration before now (15m, 2h, 7d) or RFC3339. Default: all.",
+)
 @click.option("--until", help="End of the window, same forms as --since. Default: now.")
-@click.option("--cluster", "clusters", multiple=True, help="Cluster to check (repeatable). Default: every cluster in the store.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "junit"]), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write the report to this file instead of stdout.")
-@click.option("--rule-timeout", type=float, default=30.0, show_default=True, help="Seconds one rule may run on one cluster.")
-@click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit for rule queries.")
-@click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Offending flows shown per failing rule and cluster.")
+@click.option(
+    "--cluster",
+    "clusters",
+    multiple=True,
+    help="Cluster to check (repeatable). Default: every cluster in the store.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the report to this file instead of stdout.",
+)
+@click.option(
+    "--rule-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds one rule may run on one cluster.",
+)
+@click.option(
+    "--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit for rule queries."
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Offending flows shown per failing rule and cluster.",
+)
 @handle_errors
-def check(files, store_path, since, until, clusters, fmt, output, rule_timeout, memory_limit, samples) -> None:
+def check(
+    files, store_path, since, until, clusters, fmt, output, rule_timeout, memory_limit, samples
+) -> None:
     """Check that the stored flows are the flows a policy stage must produce.
 
     FILE is a rule file, a directory of them, or the name of a shipped stage file
@@ -314,8 +462,14 @@ def check(files, store_path, since, until, clusters, fmt, output, rule_timeout, 
 
     store = open_store(store_path)
     result = check_mod.run_check(
-        store, list(files), since=since, until=until, clusters=clusters or None,
-        rule_timeout=rule_timeout, memory_limit=memory_limit, samples=samples,
+        store,
+        list(files),
+        since=since,
+        until=until,
+        clusters=clusters or None,
+        rule_timeout=rule_timeout,
+        memory_limit=memory_limit,
+        samples=samples,
     )
     text = report.render(result, fmt)
     code = report.exit_code(result)
@@ -325,7 +479,9 @@ def check(files, store_path, since, until, clusters, fmt, output, rule_timeout, 
                 fh.write(text)
         except OSError as exc:
             _fail(f"cannot write {output}: {exc.strerror or exc}")
-        counts = {s: sum(r.status == s for r in result.results) for s in ("pass", "warn", "fail", "error")}
+        counts = {
+            s: sum(r.status == s for r in result.results) for s in ("pass", "warn", "fail", "error")
+        }
         click.echo(f"flowpipe check: {counts} -> {output}", err=True)
     else:
         click.echo(text, nl=False)
@@ -366,10 +522,14 @@ def _server_tls(plaintext: bool, cert: str | None, key: str | None, client_ca: s
 
     if plaintext:
         if cert or key or client_ca:
-            _fail("--plaintext cannot be combined with --tls-server-cert-file/--tls-server-key-file/--tls-client-ca-file")
+            _fail(
+                "--plaintext cannot be combined with --tls-server-cert-file/--tls-server-key-file/--tls-client-ca-file"
+            )
         return None
     if not (cert and key):
-        _fail("give --tls-server-cert-file and --tls-server-key-file, or --plaintext to serve without TLS")
+        _fail(
+            "give --tls-server-cert-file and --tls-server-key-file, or --plaintext to serve without TLS"
+        )
     return ServerTLS(cert, key, client_ca)
 
 
@@ -385,13 +545,28 @@ def _on_sigterm() -> None:
 def server_options(fn):
     """--listen and the TLS options shared by serve and replay."""
     opts = [
-        click.option("--listen", default="127.0.0.1:4245", show_default=True, metavar="HOST:PORT",
-                     help="Address to serve the Hubble Observer API on."),
-        click.option("--plaintext", is_flag=True, help="Serve without TLS (hubble observe without --tls)."),
-        click.option("--tls-server-cert-file", "tls_cert", metavar="FILE", help="Server certificate (PEM)."),
-        click.option("--tls-server-key-file", "tls_key", metavar="FILE", help="Server private key (PEM)."),
-        click.option("--tls-client-ca-file", "tls_client_ca", metavar="FILE",
-                     help="Require client certificates signed by this CA (mTLS)."),
+        click.option(
+            "--listen",
+            default="127.0.0.1:4245",
+            show_default=True,
+            metavar="HOST:PORT",
+            help="Address to serve the Hubble Observer API on.",
+        ),
+        click.option(
+            "--plaintext", is_flag=True, help="Serve without TLS (hubble observe without --tls)."
+        ),
+        click.option(
+            "--tls-server-cert-file", "tls_cert", metavar="FILE", help="Server certificate (PEM)."
+        ),
+        click.option(
+            "--tls-server-key-file", "tls_key", metavar="FILE", help="Server private key (PEM)."
+        ),
+        click.option(
+            "--tls-client-ca-file",
+            "tls_client_ca",
+            metavar="FILE",
+            help="Require client certificates signed by this CA (mTLS).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -420,22 +595,61 @@ def serve(store_path, listen, plaintext, tls_cert, tls_key, tls_client_ca) -> No
     tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
     store = open_store(store_path)
     _on_sigterm()
-    srv.serve(store, listen, tls=tls, on_ready=lambda port: click.echo(f"flowpipe serve: listening on port {port}", err=True))
+    srv.serve(
+        store,
+        listen,
+        tls=tls,
+        on_ready=lambda port: click.echo(f"flowpipe serve: listening on port {port}", err=True),
+    )
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @server_options
-@click.option("--cluster", help="Cluster of every flow (default: node_name prefix 'cluster/node', else 'default').")
-@click.option("--follow", is_flag=True, help="Every GetFlows gets all recorded flows, then stays open for new ones.")
-@click.option("--rate", type=float, default=0.0, metavar="N", help="Also play recorded flows at ~N flows/s, with new uuids and times.")
-@click.option("--abort-after", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Fault: end each GetFlows with UNAVAILABLE after N responses.")
-@click.option("--lost-events-every", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Fault: send a LostEvent (OBSERVER_EVENTS_QUEUE) after every N flows.")
+@click.option(
+    "--cluster",
+    help="Cluster of every flow (default: node_name prefix 'cluster/node', else 'default').",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Every GetFlows gets all recorded flows, then stays open for new ones.",
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=0.0,
+    metavar="N",
+    help="Also play recorded flows at ~N flows/s, with new uuids and times.",
+)
+@click.option(
+    "--abort-after",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Fault: end each GetFlows with UNAVAILABLE after N responses.",
+)
+@click.option(
+    "--lost-events-every",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Fault: send a LostEvent (OBSERVER_EVENTS_QUEUE) after every N flows.",
+)
 @handle_errors
-def replay(files, listen, plaintext, tls_cert, tls_key, tls_client_ca, cluster, follow, rate, abort_after,
-           lost_events_every) -> None:
+def replay(
+    files,
+    listen,
+    plaintext,
+    tls_cert,
+    tls_key,
+    tls_client_ca,
+    cluster,
+    follow,
+    rate,
+    abort_after,
+    lost_events_every,
+) -> None:
     """Play `hubble observe -o jsonpb` files back as a fake Hubble Relay (serve over a temporary store).
 
     Example:
@@ -448,9 +662,19 @@ def replay(files, listen, plaintext, tls_cert, tls_key, tls_client_ca, cluster, 
 
     tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
     _on_sigterm()
-    rp.replay(list(files), listen, tls=tls, cluster=cluster, follow=follow, rate=rate, abort_after=abort_after,
-              lost_events_every=lost_events_every,
-              on_ready=lambda rs: click.echo(f"flowpipe replay: {rs.imported} flows on {rs.address}", err=True))
+    rp.replay(
+        list(files),
+        listen,
+        tls=tls,
+        cluster=cluster,
+        follow=follow,
+        rate=rate,
+        abort_after=abort_after,
+        lost_events_every=lost_events_every,
+        on_ready=lambda rs: click.echo(
+            f"flowpipe replay: {rs.imported} flows on {rs.address}", err=True
+        ),
+    )
 
 
 # ---- lab
@@ -469,16 +693,33 @@ def lab() -> None:
 @lab.command("generate")
 @click.option("--stage", type=click.IntRange(1, 5), required=True, help="Guide stage, 1 to 5.")
 @click.option("--variant", help="A broken stage 5 (see `flowpipe lab list`).")
-@click.option("--broken-cluster", "broken", multiple=True, metavar="CLUSTER",
-              help="Apply --variant to this cluster only (repeatable; default: every cluster).")
+@click.option(
+    "--broken-cluster",
+    "broken",
+    multiple=True,
+    metavar="CLUSTER",
+    help="Apply --variant to this cluster only (repeatable; default: every cluster).",
+)
 @click.option("--seed", type=int, help="Reproducible ports, timings and uuids.")
-@click.option("--start", default="guide", show_default=True,
-              help="When the stage starts: 'guide' (the guide's own timestamps), 'now' (traffic of the "
-                   "last 5 minutes, ready for `check --since 15m`) or an RFC 3339 time.")
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="Directory for <cluster>.jsonl files.")
+@click.option(
+    "--start",
+    default="guide",
+    show_default=True,
+    help="When the stage starts: 'guide' (the guide's own timestamps), 'now' (traffic of the "
+    "last 5 minutes, ready for `check --since 15m`) or an RFC 3339 time.",
+)
+@click.option(
+    "--out", "out_dir", required=True, metavar="DIR", help="Directory for <cluster>.jsonl files."
+)
 @handle_errors
-def lab_generate(stage: int, variant: str | None, broken: tuple[str, ...], seed: int | None, start: str,
-                 out_dir: str) -> None:
+def lab_generate(
+    stage: int,
+    variant: str | None,
+    broken: tuple[str, ...],
+    seed: int | None,
+    start: str,
+    out_dir: str,
+) -> None:
     """Write each cluster's flows of a stage as `hubble observe -o jsonpb` lines (DIR/<cluster>.jsonl).
 
     Example:
@@ -491,8 +732,14 @@ def lab_generate(stage: int, variant: str | None, broken: tuple[str, ...], seed:
     from flowpipe.lab import generate as lab_sim
 
     start_ns = lab_sim.parse_start(start)
-    written = lab_sim.write_lab(out_dir, stage, variant=variant, broken_clusters=broken or None, seed=seed,
-                                start_ns=start_ns)
+    written = lab_sim.write_lab(
+        out_dir,
+        stage,
+        variant=variant,
+        broken_clusters=broken or None,
+        seed=seed,
+        start_ns=start_ns,
+    )
     for cluster, (path, count) in written.items():
         click.echo(f"{path}: {count} flows ({cluster})", err=True)
 
@@ -516,19 +763,66 @@ def lab_list() -> None:
 
 
 @main.command()
-@click.option("--rules", "rule_files", multiple=True, required=True, metavar="PATH",
-              help="Rule file, directory of them, or shipped stage name (repeatable).")
+@click.option(
+    "--rules",
+    "rule_files",
+    multiple=True,
+    required=True,
+    metavar="PATH",
+    help="Rule file, directory of them, or shipped stage name (repeatable).",
+)
 @store_option
-@click.option("--listen", default="0.0.0.0:9965", show_default=True, metavar="HOST:PORT", help="Serve /metrics and /healthz here.")
-@click.option("--interval", default="30s", show_default=True, help="Evaluate the rules and count new flows this often.")
-@click.option("--window", default="5m", show_default=True, help="Rules look at the flows of this last stretch of time.")
-@click.option("--rule-timeout", type=float, default=30.0, show_default=True, help="Seconds one rule may run on one cluster.")
-@click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit for rules and counting.")
-@click.option("--collect-config", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Also run `flowpipe collect` with this config in this process; its metrics join /metrics.")
+@click.option(
+    "--listen",
+    default="0.0.0.0:9965",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz here.",
+)
+@click.option(
+    "--interval",
+    default="30s",
+    show_default=True,
+    help="Evaluate the rules and count new flows this often.",
+)
+@click.option(
+    "--window",
+    default="5m",
+    show_default=True,
+    help="Rules look at the flows of this last stretch of time.",
+)
+@click.option(
+    "--rule-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds one rule may run on one cluster.",
+)
+@click.option(
+    "--memory-limit",
+    default="1GB",
+    show_default=True,
+    help="DuckDB memory limit for rules and counting.",
+)
+@click.option(
+    "--collect-config",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Also run `flowpipe collect` with this config in this process; its metrics join /metrics.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Warnings and errors only.")
 @handle_errors
-def export(rule_files, store_path, listen, interval, window, rule_timeout, memory_limit, collect_config, quiet) -> None:
+def export(
+    rule_files,
+    store_path,
+    listen,
+    interval,
+    window,
+    rule_timeout,
+    memory_limit,
+    collect_config,
+    quiet,
+) -> None:
     """Serve rule conformance, store health and flow counters as Prometheus metrics.
 
     Rules are evaluated in the background every --interval over the last --window; a scrape
@@ -547,21 +841,60 @@ def export(rule_files, store_path, listen, interval, window, rule_timeout, memor
     setup_logging(quiet)
     store = open_store(store_path, create=bool(collect_config))
     export_mod.run(
-        store, list(rule_files), listen=listen, interval=parse_duration(interval, "--interval"),
-        window=parse_duration(window, "--window"), rule_timeout=rule_timeout, memory_limit=memory_limit,
-        collect_config=collect_config, on_ready=lambda text: click.echo(f"flowpipe export: {text}", err=True),
+        store,
+        list(rule_files),
+        listen=listen,
+        interval=parse_duration(interval, "--interval"),
+        window=parse_duration(window, "--window"),
+        rule_timeout=rule_timeout,
+        memory_limit=memory_limit,
+        collect_config=collect_config,
+        on_ready=lambda text: click.echo(f"flowpipe export: {text}", err=True),
     )
 
 
 @main.command()
-@click.option("--dir", "work_dir", default="demo-store", show_default=True, metavar="DIR", help="Where the demo keeps its store, lab files, logs and Prometheus data.")
-@click.option("--stage", type=click.IntRange(1, 5), default=5, show_default=True, help="The stage the simulated clusters are at now.")
-@click.option("--variant", help="Break the live stage 5 (see `flowpipe lab list`), e.g. allow-all-left.")
-@click.option("--broken-cluster", "broken", multiple=True, metavar="CLUSTER", help="Apply --variant to this cluster only.")
-@click.option("--rate", type=float, default=20.0, show_default=True, help="Live flows per second per simulated relay.")
+@click.option(
+    "--dir",
+    "work_dir",
+    default="demo-store",
+    show_default=True,
+    metavar="DIR",
+    help="Where the demo keeps its store, lab files, logs and Prometheus data.",
+)
+@click.option(
+    "--stage",
+    type=click.IntRange(1, 5),
+    default=5,
+    show_default=True,
+    help="The stage the simulated clusters are at now.",
+)
+@click.option(
+    "--variant", help="Break the live stage 5 (see `flowpipe lab list`), e.g. allow-all-left."
+)
+@click.option(
+    "--broken-cluster",
+    "broken",
+    multiple=True,
+    metavar="CLUSTER",
+    help="Apply --variant to this cluster only.",
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Live flows per second per simulated relay.",
+)
 @click.option("--duration", help="Stop after this long (e.g. 60s); default: until Ctrl-C.")
-@click.option("--prometheus", "prometheus_bin", default="prometheus", show_default=True, metavar="PATH",
-              help="Prometheus binary (skipped when not found).")
+@click.option(
+    "--prometheus",
+    "prometheus_bin",
+    default="prometheus",
+    show_default=True,
+    metavar="PATH",
+    help="Prometheus binary (skipped when not found).",
+)
 @handle_errors
 def demo(work_dir, stage, variant, broken, rate, duration, prometheus_bin) -> None:
     """The whole pipeline on this machine, no cluster: lab -> relays -> collect -> check -> export -> Prometheus.
@@ -580,9 +913,14 @@ def demo(work_dir, stage, variant, broken, rate, duration, prometheus_bin) -> No
     from flowpipe.lab import demo as demo_mod
 
     demo_mod.run(
-        work_dir, stage=stage, variant=variant, broken_clusters=list(broken) or None, rate=rate,
+        work_dir,
+        stage=stage,
+        variant=variant,
+        broken_clusters=list(broken) or None,
+        rate=rate,
         duration=parse_duration(duration, "--duration") if duration else None,
-        prometheus=prometheus_bin, say=lambda text: click.echo(text),
+        prometheus=prometheus_bin,
+        say=lambda text: click.echo(text),
     )
 
 

@@ -20,7 +20,9 @@ def _key():
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert) -> bytes:
@@ -64,14 +66,25 @@ class CA:
         self.path = self.dir / f"{name.replace(' ', '-')}.crt"
         self.path.write_bytes(_pem_cert(self.cert))
 
-    def issue(self, name: str, *, dns: list[str] | None = None, ips: list[str] | None = None,
-              client: bool = False, expired: bool = False) -> Pair:
+    def issue(
+        self,
+        name: str,
+        *,
+        dns: list[str] | None = None,
+        ips: list[str] | None = None,
+        client: bool = False,
+        expired: bool = False,
+    ) -> Pair:
         """A certificate for name, signed by this CA, written as name.crt / name.key."""
         key = _key()
         now = dt.datetime.now(dt.UTC)
-        start, end = (now - dt.timedelta(days=10), now - dt.timedelta(days=1)) if expired else (
-            now - dt.timedelta(hours=1),
-            now + dt.timedelta(days=10),
+        start, end = (
+            (now - dt.timedelta(days=10), now - dt.timedelta(days=1))
+            if expired
+            else (
+                now - dt.timedelta(hours=1),
+                now + dt.timedelta(days=10),
+            )
         )
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in (dns or [])]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in (ips or [])]
@@ -84,7 +97,9 @@ class CA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
                 critical=False,
             )
         )

@@ -22,8 +22,14 @@ from flowpipe.serve.replay import ReplayServer
 from flowpipe.store.layout import Store
 
 
-def make_responses(n: int, *, start_ns: int | None = None, step_ns: int = 20_000_000, node: str = "node-1",
-                   seed: int = 0) -> list[observer_pb2.GetFlowsResponse]:
+def make_responses(
+    n: int,
+    *,
+    start_ns: int | None = None,
+    step_ns: int = 20_000_000,
+    node: str = "node-1",
+    seed: int = 0,
+) -> list[observer_pb2.GetFlowsResponse]:
     """n distinct flows step_ns apart with uuids, ports and pods that vary."""
     start_ns = start_ns or time.time_ns() - n * step_ns - 60_000_000_000
     out = []
@@ -122,8 +128,12 @@ def test_two_relays_two_clusters_stored_exactly(store):
     b = make_responses(900, node="b-node", seed=2)
     with ReplayServer(responses=a, follow=True) as ra, ReplayServer(responses=b, follow=True) as rb:
         with Running(config(("cluster1", ra.address), ("cluster2", rb.address)), store) as run:
-            wait_for(lambda: stored_count(run, "cluster1") == 1500 and stored_count(run, "cluster2") == 900,
-                     what="all flows stored")
+            wait_for(
+                lambda: (
+                    stored_count(run, "cluster1") == 1500 and stored_count(run, "cluster2") == 900
+                ),
+                what="all flows stored",
+            )
             assert run.stop() == 0
     for cluster, sent in (("cluster1", a), ("cluster2", b)):
         got = stored(store, cluster)
@@ -154,16 +164,23 @@ def test_background_compaction_while_collecting_loses_and_repeats_nothing(store,
     # a live relay (fresh uuids, times now: the open hour) at 2,000 flows/s, committed every 50 ms;
     # the collector starts `flowpipe compact` in a child process every 0.5 s
     with ReplayServer(responses=make_responses(200), follow=True, rate=2000) as relay:
-        cfg = config(("c1", relay.address), flush_interval=0.05, compact_every=0.5, compact_settle=0.0)
+        cfg = config(
+            ("c1", relay.address), flush_interval=0.05, compact_every=0.5, compact_settle=0.0
+        )
         with Running(cfg, store) as run:
-            wait_for(lambda: sum(compact.level(f) > 0 for f in store.files()) >= 2, timeout=90,
-                     what="two merges of the open hour")
+            wait_for(
+                lambda: sum(compact.level(f) > 0 for f in store.files()) >= 2,
+                timeout=90,
+                what="two merges of the open hour",
+            )
             run.stop()
             committed = stored_count(run, "c1")
     got = stored(store)
     assert committed > 0 and len(got) == committed and len({f.uuid for f in got}) == len(got)
     assert any("compaction: merged 16 files into 1" in r.getMessage() for r in caplog.records)
-    assert not list((store.root / ".incoming").glob("*.tmp"))  # a stopped child leaves nothing behind
+    assert not list(
+        (store.root / ".incoming").glob("*.tmp")
+    )  # a stopped child leaves nothing behind
 
 
 def test_real_captures_through_replay_come_back_equal(store):
@@ -175,7 +192,11 @@ def test_real_captures_through_replay_come_back_equal(store):
             run.stop()
     from conftest import load_capture
 
-    want = {r.flow.SerializeToString(deterministic=True) for p in capture_files() for r in load_capture(p)}
+    want = {
+        r.flow.SerializeToString(deterministic=True)
+        for p in capture_files()
+        for r in load_capture(p)
+    }
     got = {f.SerializeToString(deterministic=True) for f in stored(store)}
     assert got == want  # no uuids in these captures: deduplicated by fingerprint, nothing lost
 
@@ -185,12 +206,23 @@ def test_lost_events_are_stored_and_counted(store):
     with ReplayServer(responses=sent, follow=True, lost_events_every=100) as relay:
         with Running(config(("c1", relay.address)), store) as run:
             wait_for(lambda: stored_count(run, "c1") == 500, what="flows")
-            wait_for(lambda: run.metric("flowpipe_collector_lost_events_total", cluster="c1",
-                                        source="OBSERVER_EVENTS_QUEUE") >= 5, what="lost events")
+            wait_for(
+                lambda: (
+                    run.metric(
+                        "flowpipe_collector_lost_events_total",
+                        cluster="c1",
+                        source="OBSERVER_EVENTS_QUEUE",
+                    )
+                    >= 5
+                ),
+                what="lost events",
+            )
             run.stop()
     from flowpipe.views import query
 
-    _, rows = query.fetch(store, "SELECT sum(num_events_lost) FROM lost_events WHERE cluster = 'c1'")
+    _, rows = query.fetch(
+        store, "SELECT sum(num_events_lost) FROM lost_events WHERE cluster = 'c1'"
+    )
     assert rows[0][0] >= 5
 
 
@@ -215,7 +247,10 @@ def test_relay_outage_reconnects(store):
         with Running(config(("c1", relay.address)), store) as run:
             wait_for(lambda: stored_count(run, "c1") == 300, what="flows")
             relay.stop()
-            wait_for(lambda: run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0, what="disconnect")
+            wait_for(
+                lambda: run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0,
+                what="disconnect",
+            )
             relay.feed(make_responses(200, start_ns=time.time_ns() - 5_000_000_000, seed=9))
             relay.restart()
             wait_for(lambda: stored_count(run, "c1") == 500, what="flows after the outage")
@@ -227,11 +262,21 @@ def test_relay_outage_reconnects(store):
 def test_unreachable_relay_is_reported_and_retried(store, caplog):
     port = free_port()
     with Running(config(("c1", f"127.0.0.1:{port}")), store) as run:
-        wait_for(lambda: run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE") >= 2,
-                 what="retries")
+        wait_for(
+            lambda: (
+                run.metric(
+                    "flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE"
+                )
+                >= 2
+            ),
+            what="retries",
+        )
         assert run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0
         assert run.stop() == 0
-    assert any("[c1] relay 127.0.0.1" in r.getMessage() and "UNAVAILABLE" in r.getMessage() for r in caplog.records)
+    assert any(
+        "[c1] relay 127.0.0.1" in r.getMessage() and "UNAVAILABLE" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_missing_tls_file_is_one_clear_fatal_line(store, tmp_path):
@@ -241,13 +286,32 @@ def test_missing_tls_file_is_one_clear_fatal_line(store, tmp_path):
     with run:
         run.thread.join(10)
     assert isinstance(run.result, CollectError)
-    assert str(run.result) == f"relay c1 (127.0.0.1:{cfg.relays[0].address.split(':')[1]}): cannot read CA file {tmp_path / 'nope.crt'}: No such file or directory"
+    assert (
+        str(run.result)
+        == f"relay c1 (127.0.0.1:{cfg.relays[0].address.split(':')[1]}): cannot read CA file {tmp_path / 'nope.crt'}: No such file or directory"
+    )
 
 
 def _collect_cmd(store: Store, address: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "flowpipe.cli", "collect", "--store", str(store.root), "--plaintext",
-            "--relay", f"c1={address}", "--flush-interval", "0.2s", "--backoff-max", "0.5s",
-            "--resume-overlap", "1s", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "flowpipe.cli",
+        "collect",
+        "--store",
+        str(store.root),
+        "--plaintext",
+        "--relay",
+        f"c1={address}",
+        "--flush-interval",
+        "0.2s",
+        "--backoff-max",
+        "0.5s",
+        "--resume-overlap",
+        "1s",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -256,7 +320,9 @@ def test_sigkill_and_restart_lose_nothing(store):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with ReplayServer(responses=sent, follow=True) as relay:
         for kill_after in (0.8, 1.3, 1.1):
-            proc = subprocess.Popen(_collect_cmd(store, relay.address), env=env, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                _collect_cmd(store, relay.address), env=env, stderr=subprocess.PIPE
+            )
             time.sleep(kill_after)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -282,9 +348,15 @@ def test_server_side_allow_and_deny_filters(store):
     with ReplayServer(responses=sent, follow=True) as relay:
         cfg = config(("c1", relay.address))
         # the shape `hubble observe --print-raw-filters` prints
-        cfg.relays[0].allow = parse_filters('allowlist:\n- \'{"source_pod":["shop/frontend-1"]}\'\n', "--allow")
+        cfg.relays[0].allow = parse_filters(
+            'allowlist:\n- \'{"source_pod":["shop/frontend-1"]}\'\n', "--allow"
+        )
         cfg.relays[0].deny = parse_filters('[{"verdict":["DROPPED"]}]', "--deny")
-        want = [r.flow.uuid for r in sent if r.flow.source.pod_name == "frontend-1" and r.flow.verdict != 2]
+        want = [
+            r.flow.uuid
+            for r in sent
+            if r.flow.source.pod_name == "frontend-1" and r.flow.verdict != 2
+        ]
         with Running(cfg, store) as run:
             wait_for(lambda: stored_count(run, "c1") == len(want), what="filtered flows")
             time.sleep(0.5)

@@ -94,7 +94,9 @@ def test_one_compaction_at_a_time(store):
     with store.compact_lock() as mine:
         assert mine
         report = compact.compact(store, now=T0 + 2 * HOUR, wait=False)
-        assert report.skipped and report.merged_files == 0 and "another compaction" in report.summary()
+        assert (
+            report.skipped and report.merged_files == 0 and "another compaction" in report.summary()
+        )
     assert compact.compact(store, now=T0 + 2 * HOUR, wait=False).merged_files == 3
 
 

@@ -10,7 +10,10 @@ from flowpipe.ingest import config
 
 def test_parse_relay():
     assert config.parse_relay("cluster1=127.0.0.1:4245") == ("cluster1", "127.0.0.1:4245")
-    assert config.parse_relay(" c2 = hubble-relay.kube-system:443 ") == ("c2", "hubble-relay.kube-system:443")
+    assert config.parse_relay(" c2 = hubble-relay.kube-system:443 ") == (
+        "c2",
+        "hubble-relay.kube-system:443",
+    )
 
 
 @pytest.mark.parametrize(
@@ -27,7 +30,10 @@ def test_parse_relay_errors(text, msg):
         config.parse_relay(text)
 
 
-@pytest.mark.parametrize("text, seconds", [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1.5h", 5400), ("7d", 604800), (3, 3)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1.5h", 5400), ("7d", 604800), (3, 3)],
+)
 def test_durations(text, seconds):
     assert config.parse_duration(text) == seconds
 
@@ -60,13 +66,19 @@ relays:
     cfg = config.validate(config.from_dict(config.load_file(str(path)), str(path)))
     assert cfg.store == "/var/lib/flowpipe" and cfg.flush_interval == 1 and cfg.keep == 604800
     r1, r2 = cfg.relays
-    assert r1.tls.enabled and r1.tls.ca_files == ["/etc/hubble/ca.crt"] and r1.tls.server_name.startswith("ui.")
+    assert (
+        r1.tls.enabled
+        and r1.tls.ca_files == ["/etc/hubble/ca.crt"]
+        and r1.tls.server_name.startswith("ui.")
+    )
     assert not r2.tls.enabled
 
 
 def test_toml_file(tmp_path):
     path = tmp_path / "flowpipe.toml"
-    path.write_text('flush_interval = "2s"\n[[relays]]\ncluster = "c1"\naddress = "localhost:4245"\nplaintext = true\n')
+    path.write_text(
+        'flush_interval = "2s"\n[[relays]]\ncluster = "c1"\naddress = "localhost:4245"\nplaintext = true\n'
+    )
     cfg = config.validate(config.from_dict(config.load_file(str(path)), str(path)))
     assert cfg.relays[0].address == "localhost:4245"
 
@@ -75,7 +87,10 @@ def test_toml_file(tmp_path):
     "data, msg",
     [
         ({"flush_intervall": "1s"}, "unknown setting 'flush_intervall'"),
-        ({"relays": [{"cluster": "c1", "address": "x:1", "tls": {"cafile": "x"}}]}, r"relays\[0\].tls: unknown key"),
+        (
+            {"relays": [{"cluster": "c1", "address": "x:1", "tls": {"cafile": "x"}}]},
+            r"relays\[0\].tls: unknown key",
+        ),
         ({"relays": [{"cluster": "c1"}]}, r"relays\[0\]: address '' must be HOST:PORT"),
         ({"relays": "c1"}, "relays must be a list"),
         ({"flush_rows": -1}, "flush_rows must be a positive integer"),

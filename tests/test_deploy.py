@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "flowpipe-dashboard.json"
-GUIDE_PANELS = ("Flow Types", "Forwarded vs Dropped", "Drop Reason", "TCPv4 flags", "Top 10 Port",
-                "L7 Flow Distribution", "Forwarded vs Redirected")
+GUIDE_PANELS = (
+    "Flow Types",
+    "Forwarded vs Dropped",
+    "Drop Reason",
+    "TCPv4 flags",
+    "Top 10 Port",
+    "L7 Flow Distribution",
+    "Forwarded vs Redirected",
+)
 
 
 def docs(path: Path) -> list[dict]:
@@ -68,14 +75,22 @@ def test_manifests_fit_together(k8s):
         assert sp["targetPort"] in ports, sp
     # the listen flags are the ports the Service targets
     assert _flag(containers["exporter"]["args"], "--listen").endswith(f":{ports['metrics-export']}")
-    assert _flag(containers["collector"]["args"], "--metrics-listen").endswith(f":{ports['metrics-collect']}")
-    assert containers["exporter"]["args"][0] == "export" and containers["collector"]["args"][0] == "collect"
+    assert _flag(containers["collector"]["args"], "--metrics-listen").endswith(
+        f":{ports['metrics-collect']}"
+    )
+    assert (
+        containers["exporter"]["args"][0] == "export"
+        and containers["collector"]["args"][0] == "collect"
+    )
     # volumes: every mount has a volume; the store is shared; configmaps and the PVC exist
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     for c in containers.values():
         for m in c["volumeMounts"]:
             assert m["name"] in volumes, (c["name"], m["name"])
-    mounts = {c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in containers.values()}
+    mounts = {
+        c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        for c in containers.values()
+    }
     for c in containers.values():
         assert _flag(c["args"], "--store").startswith("/data/")
         assert mounts[c["name"]]["/data"] == "store"
@@ -95,7 +110,9 @@ def test_manifests_fit_together(k8s):
     cfg_mount = next(p for p, n in mounts["collector"].items() if n == "collect-config")
     assert _flag(containers["collector"]["args"], "--config").startswith(cfg_mount + "/")
     collect_cm = k8s[("ConfigMap", volumes["collect-config"]["configMap"]["name"])]
-    cfg = yaml.safe_load(collect_cm["data"][_flag(containers["collector"]["args"], "--config").rsplit("/", 1)[1]])
+    cfg = yaml.safe_load(
+        collect_cm["data"][_flag(containers["collector"]["args"], "--config").rsplit("/", 1)[1]]
+    )
     for relay in cfg["relays"]:
         tls = relay["tls"]
         for f in (tls["cert"], tls["key"], *tls["ca_files"]):
@@ -111,7 +128,9 @@ def test_service_monitor_selects_the_service(k8s):
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert svc["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]
     assert {e["port"] for e in sm["spec"]["endpoints"]} == {p["name"] for p in svc["spec"]["ports"]}
-    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "flowpipe"  # job="flowpipe" as the alerts expect
+    assert (
+        svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "flowpipe"
+    )  # job="flowpipe" as the alerts expect
 
 
 def test_prometheus_rule_matches_alert_file(k8s):
@@ -126,20 +145,38 @@ def test_lab_manifests_are_the_guides():
     for name in ("backend", "frontend"):
         dep = apps[("Deployment", name)]
         assert dep["metadata"]["namespace"] == "shop"
-        assert dep["spec"]["selector"]["matchLabels"] == dep["spec"]["template"]["metadata"]["labels"] == {"app": name}
+        assert (
+            dep["spec"]["selector"]["matchLabels"]
+            == dep["spec"]["template"]["metadata"]["labels"]
+            == {"app": name}
+        )
     svc = apps[("Service", "backend")]
     assert svc["spec"]["selector"] == {"app": "backend"}
-    assert svc["spec"]["ports"][0]["targetPort"] == apps[("Deployment", "backend")]["spec"]["template"]["spec"][
-        "containers"][0]["ports"][0]["containerPort"] == 80
-    expected = {1: {"allow-all"}, 2: {"allow-dns"}, 3: {"allow-frontend-to-backend", "allow-frontend-egress"},
-                4: {"allow-frontend-l7"}, 5: {"default-deny"}}
+    assert (
+        svc["spec"]["ports"][0]["targetPort"]
+        == apps[("Deployment", "backend")]["spec"]["template"]["spec"]["containers"][0]["ports"][0][
+            "containerPort"
+        ]
+        == 80
+    )
+    expected = {
+        1: {"allow-all"},
+        2: {"allow-dns"},
+        3: {"allow-frontend-to-backend", "allow-frontend-egress"},
+        4: {"allow-frontend-l7"},
+        5: {"default-deny"},
+    }
     for stage, names in expected.items():
         found = objects(*sorted((lab / f"stage{stage}").glob("*.yaml")))
         assert {n for k, n in found if k == "CiliumNetworkPolicy"} == names
         for obj in found.values():
             assert obj["apiVersion"] == "cilium.io/v2" and obj["metadata"]["namespace"] == "shop"
-    l7 = objects(lab / "stage4" / "allow-frontend-l7.yaml")[("CiliumNetworkPolicy", "allow-frontend-l7")]
-    assert l7["spec"]["ingress"][0]["toPorts"][0]["rules"]["http"] == [{"method": "GET", "path": "^/status/200$"}]
+    l7 = objects(lab / "stage4" / "allow-frontend-l7.yaml")[
+        ("CiliumNetworkPolicy", "allow-frontend-l7")
+    ]
+    assert l7["spec"]["ingress"][0]["toPorts"][0]["rules"]["http"] == [
+        {"method": "GET", "path": "^/status/200$"}
+    ]
 
 
 def dashboard_exprs() -> list[str]:
@@ -156,18 +193,32 @@ def test_dashboard_imports_as_is():
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
     assert "__inputs" not in dash and dash.get("id") is None
     variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert (
+        variables["datasource"]["type"] == "datasource"
+        and variables["datasource"]["query"] == "prometheus"
+    )
     assert variables["cluster"]["multi"] and variables["cluster"]["includeAll"]
     assert "stage" in variables
     titles = [p["title"] for p in dash["panels"]]
     for title in GUIDE_PANELS:
         panel = next(p for p in dash["panels"] if p["title"].startswith(title))
-        assert panel.get("repeat") == "cluster" and panel["repeatDirection"] == "h"  # clusters side by side
-    for want in ("Stage conformance", "Violations", "Evidence", "Freshness", "Lost events", "Relay connected"):
+        assert (
+            panel.get("repeat") == "cluster" and panel["repeatDirection"] == "h"
+        )  # clusters side by side
+    for want in (
+        "Stage conformance",
+        "Violations",
+        "Evidence",
+        "Freshness",
+        "Lost events",
+        "Relay connected",
+    ):
         assert any(want in t for t in titles), want
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
-    declared = {s.full_name for s in EXPORTER_METRICS.values()} | {"flowpipe_collector_relay_connected"}
+    declared = {s.full_name for s in EXPORTER_METRICS.values()} | {
+        "flowpipe_collector_relay_connected"
+    }
     for expr in dashboard_exprs():
         for name in re.findall(r"\bflowpipe_[a-z0-9_]+", expr):
             assert name in declared, (name, expr)
@@ -178,14 +229,21 @@ def test_dashboard_imports_as_is():
 
 
 promtool = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed (Debian package prometheus)")
+needs_promtool = pytest.mark.skipif(
+    promtool is None, reason="promtool not installed (Debian package prometheus)"
+)
 
 
 @needs_promtool
 def test_promtool_config_rules_and_unit_tests():
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "flowpipe-alerts.yml"],
-                 ["test", "rules", "flowpipe-alerts.test.yml"]):
-        res = subprocess.run([promtool, *args], cwd=PROM, capture_output=True, text=True, timeout=60)
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "flowpipe-alerts.yml"],
+        ["test", "rules", "flowpipe-alerts.test.yml"],
+    ):
+        res = subprocess.run(
+            [promtool, *args], cwd=PROM, capture_output=True, text=True, timeout=60
+        )
         assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -48,10 +48,14 @@ SELECT * FROM flows WHERE CAST(src_pod AS INTEGER) > 0;
 """
 
 
-def write_lab(store: Store, start_ns: int, clusters=("cluster1", "cluster2"), **kw) -> dict[str, int]:
+def write_lab(
+    store: Store, start_ns: int, clusters=("cluster1", "cluster2"), **kw
+) -> dict[str, int]:
     """Stage-5 lab flows of each cluster into the store; flows written per cluster."""
     out = {}
-    for cluster, responses in lab.generate_lab(5, clusters=clusters, start_ns=start_ns, seed=7, **kw).items():
+    for cluster, responses in lab.generate_lab(
+        5, clusters=clusters, start_ns=start_ns, seed=7, **kw
+    ).items():
         out[cluster] = write_responses(store, responses, cluster=cluster)
     return out
 
@@ -92,21 +96,61 @@ def test_metrics_content(store, exporter):
         # every stored flow is counted once, like hubble_flows_processed_total
         assert total(smp, "flowpipe_flows_processed_total", cluster=cluster) == n
         assert total(smp, "flowpipe_store_flows", cluster=cluster) == n
-        _, rows = query.fetch(store, f"SELECT verdict, count(*) FROM flows WHERE cluster = '{cluster}' GROUP BY ALL")
+        _, rows = query.fetch(
+            store, f"SELECT verdict, count(*) FROM flows WHERE cluster = '{cluster}' GROUP BY ALL"
+        )
         for verdict, count in rows:
-            assert total(smp, "flowpipe_flows_processed_total", cluster=cluster, verdict=verdict) == count
-        _, [(newest,)] = query.fetch(store, f"SELECT epoch_ns(max(time)) FROM flows WHERE cluster = '{cluster}'")
-        assert total(smp, "flowpipe_store_newest_flow_timestamp_seconds", cluster=cluster) == pytest.approx(newest / 1e9)
-        assert total(smp, "flowpipe_store_last_flush_timestamp_seconds", cluster=cluster) > time.time() - 120
+            assert (
+                total(smp, "flowpipe_flows_processed_total", cluster=cluster, verdict=verdict)
+                == count
+            )
+        _, [(newest,)] = query.fetch(
+            store, f"SELECT epoch_ns(max(time)) FROM flows WHERE cluster = '{cluster}'"
+        )
+        assert total(
+            smp, "flowpipe_store_newest_flow_timestamp_seconds", cluster=cluster
+        ) == pytest.approx(newest / 1e9)
+        assert (
+            total(smp, "flowpipe_store_last_flush_timestamp_seconds", cluster=cluster)
+            > time.time() - 120
+        )
         # the guide's panels: default-deny drops world egress (POLICY_DENIED) and L7 403s
-        assert total(smp, "flowpipe_drop_total", cluster=cluster, reason="POLICY_DENIED", protocol="TCP") > 0
-        assert total(smp, "flowpipe_tcp_flags_total", cluster=cluster, flag="SYN", family="IPv4") > 0
-        assert total(smp, "flowpipe_port_distribution_total", cluster=cluster, protocol="UDP", port="53") > 0
-        assert total(smp, "flowpipe_port_distribution_total", cluster=cluster, protocol="TCP", port="80") > 0
+        assert (
+            total(
+                smp, "flowpipe_drop_total", cluster=cluster, reason="POLICY_DENIED", protocol="TCP"
+            )
+            > 0
+        )
+        assert (
+            total(smp, "flowpipe_tcp_flags_total", cluster=cluster, flag="SYN", family="IPv4") > 0
+        )
+        assert (
+            total(
+                smp, "flowpipe_port_distribution_total", cluster=cluster, protocol="UDP", port="53"
+            )
+            > 0
+        )
+        assert (
+            total(
+                smp, "flowpipe_port_distribution_total", cluster=cluster, protocol="TCP", port="80"
+            )
+            > 0
+        )
         assert total(smp, "flowpipe_l7_flows_total", cluster=cluster, protocol="HTTP") > 0
         assert total(smp, "flowpipe_l7_flows_total", cluster=cluster, protocol="DNS") > 0
-        assert total(smp, "flowpipe_flows_processed_total", cluster=cluster, verdict="REDIRECTED") > 0
-        assert total(smp, "flowpipe_policy_verdicts_total", cluster=cluster, direction="egress", action="dropped") > 0
+        assert (
+            total(smp, "flowpipe_flows_processed_total", cluster=cluster, verdict="REDIRECTED") > 0
+        )
+        assert (
+            total(
+                smp,
+                "flowpipe_policy_verdicts_total",
+                cluster=cluster,
+                direction="egress",
+                action="dropped",
+            )
+            > 0
+        )
         assert total(smp, "flowpipe_http_responses_total", cluster=cluster, status="403") > 0
         # conformance: one status is 1, the stage fails on the drops
         key = {"stage": "t1", "cluster": cluster}
@@ -122,14 +166,20 @@ def test_metrics_content(store, exporter):
     declared = {s.full_name.removesuffix("_total") for s in EXPORTER_METRICS.values()}
     assert names <= declared  # nothing served that metrics.py does not declare
     if shutil.which("promtool"):
-        res = subprocess.run(["promtool", "check", "metrics"], input=exporter.render(False)[0],
-                             capture_output=True, timeout=30)
+        res = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=exporter.render(False)[0],
+            capture_output=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_counters_monotonic_across_compaction_retention_restart(store, rules_dir):
     now = time.time_ns()
-    old_hour = (now // HOUR - 3) * HOUR + 60 * 10**9  # closed: compaction and retention may touch it
+    old_hour = (
+        now // HOUR - 3
+    ) * HOUR + 60 * 10**9  # closed: compaction and retention may touch it
     flows = "flowpipe_flows_processed_total"
     exp = export.Exporter(store, [rules_dir], interval=30, window=3600)
     a = write_lab(store, old_hour, clusters=("cluster1",))["cluster1"]
@@ -148,7 +198,9 @@ def test_counters_monotonic_across_compaction_retention_restart(store, rules_dir
     exp.evaluate()
     smp = samples(exp)
     assert total(smp, flows, cluster="cluster1") == a + b + c
-    assert total(smp, "flowpipe_store_flows", cluster="cluster1") == c  # the gauge follows the store
+    assert (
+        total(smp, "flowpipe_store_flows", cluster="cluster1") == c
+    )  # the gauge follows the store
     for key, value in after_compaction.items():
         if key[0].endswith("_total") and key[0] != "flowpipe_evaluations_total":
             assert smp.get(key, 0) >= value, key
@@ -185,8 +237,12 @@ def test_lost_events_counted_from_the_events_view(store, exporter):
     from flowpipe.api.observer import observer_pb2
 
     def lost(n: int) -> observer_pb2.GetFlowsResponse:
-        resp = observer_pb2.GetFlowsResponse(node_name="relay", lost_events=flow_pb2.LostEvent(
-            source=flow_pb2.OBSERVER_EVENTS_QUEUE, num_events_lost=n))
+        resp = observer_pb2.GetFlowsResponse(
+            node_name="relay",
+            lost_events=flow_pb2.LostEvent(
+                source=flow_pb2.OBSERVER_EVENTS_QUEUE, num_events_lost=n
+            ),
+        )
         resp.time.GetCurrentTime()
         return resp
 
@@ -257,7 +313,9 @@ def test_scrape_never_evaluates(store, rules_dir, monkeypatch):
         assert len(calls) == 1
         plain = get(f"{base}/metrics")[1]
         with ThreadPoolExecutor(20) as pool:
-            results = list(pool.map(lambda _: get(f"{base}/metrics", {"Accept-Encoding": "gzip"}), range(200)))
+            results = list(
+                pool.map(lambda _: get(f"{base}/metrics", {"Accept-Encoding": "gzip"}), range(200))
+            )
         for code, body, headers in results:
             assert code == 200 and headers.get("Content-Encoding") == "gzip"
             assert gzip.decompress(body) == plain  # the same pre-rendered snapshot every time
@@ -269,22 +327,44 @@ def test_scrape_never_evaluates(store, rules_dir, monkeypatch):
 
 def test_background_loop_and_in_process_collector(tmp_path):
     """`export --collect-config`: collector and exporter in one process, one /metrics."""
-    responses = [r for rs in lab.generate_lab(5, start_ns=time.time_ns() - 300 * 10**9, seed=3).values() for r in rs]
+    responses = [
+        r
+        for rs in lab.generate_lab(5, start_ns=time.time_ns() - 300 * 10**9, seed=3).values()
+        for r in rs
+    ]
     relays = {}
     for cluster in ("cluster1", "cluster2"):
-        rs = ReplayServer(responses=[r for r in responses if r.flow.node_name.startswith(cluster)],
-                          cluster=cluster, follow=True).start()
+        rs = ReplayServer(
+            responses=[r for r in responses if r.flow.node_name.startswith(cluster)],
+            cluster=cluster,
+            follow=True,
+        ).start()
         relays[cluster] = rs
     config = tmp_path / "collect.yaml"
-    config.write_text("flush_interval: 0.5s\nquiet: true\nrelays:\n" + "".join(
-        f"  - {{cluster: {c}, address: '127.0.0.1:{rs.port}', plaintext: true}}\n" for c, rs in relays.items()))
+    config.write_text(
+        "flush_interval: 0.5s\nquiet: true\nrelays:\n"
+        + "".join(
+            f"  - {{cluster: {c}, address: '127.0.0.1:{rs.port}', plaintext: true}}\n"
+            for c, rs in relays.items()
+        )
+    )
     store = Store(tmp_path / "store")
     port = free_port()
     stop = threading.Event()
     ready = []
-    thread = threading.Thread(target=export.run, args=(store, ["stage5"]), kwargs=dict(
-        listen=f"127.0.0.1:{port}", interval=0.5, window=3600, collect_config=str(config),
-        on_ready=ready.append, stop=stop), daemon=True)
+    thread = threading.Thread(
+        target=export.run,
+        args=(store, ["stage5"]),
+        kwargs=dict(
+            listen=f"127.0.0.1:{port}",
+            interval=0.5,
+            window=3600,
+            collect_config=str(config),
+            on_ready=ready.append,
+            stop=stop,
+        ),
+        daemon=True,
+    )
     thread.start()
     try:
         deadline = time.monotonic() + 60
@@ -292,7 +372,10 @@ def test_background_loop_and_in_process_collector(tmp_path):
         while time.monotonic() < deadline:
             time.sleep(0.5)
             code, body, _ = get(f"http://127.0.0.1:{port}/metrics") if ready else (0, b"", {})
-            if all(f'flowpipe_stage_conformant{{cluster="{c}",stage="5"}} 1.0'.encode() in body for c in relays):
+            if all(
+                f'flowpipe_stage_conformant{{cluster="{c}",stage="5"}} 1.0'.encode() in body
+                for c in relays
+            ):
                 break
         text = body.decode()
         for c in relays:
@@ -316,6 +399,16 @@ def test_cli_help_has_example():
 def test_cli_rejects_bad_rules(store, tmp_path):
     bad = tmp_path / "bad.sql"
     bad.write_text("-- rule: x\n-- why: y\n-- expect: all\nSELECT * FROM flows;\n")
-    res = CliRunner().invoke(main, ["export", "--rules", str(bad), "--store", str(store.root),
-                                    "--listen", f"127.0.0.1:{free_port()}"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--rules",
+            str(bad),
+            "--store",
+            str(store.root),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+    )
     assert res.exit_code == 2 and "assert" in res.output

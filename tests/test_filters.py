@@ -26,44 +26,113 @@ T0 = 1_700_000_000
 
 
 def _flow(i: int, **fields) -> observer_pb2.GetFlowsResponse:
-    d = {"time": f"2023-11-14T22:13:{20 + i:02d}.{i:09d}Z", "node_name": f"c2/node-{i % 2}", "verdict": "FORWARDED"}
+    d = {
+        "time": f"2023-11-14T22:13:{20 + i:02d}.{i:09d}Z",
+        "node_name": f"c2/node-{i % 2}",
+        "verdict": "FORWARDED",
+    }
     d.update(fields)
     flow = json_format.ParseDict(d, flow_pb2.Flow())
     return observer_pb2.GetFlowsResponse(flow=flow, node_name=flow.node_name, time=flow.time)
 
 
 HANDMADE = [
-    _flow(0, uuid="0b7e8a52-6c1b-4a43-9f1e-2d8a1c7d9e01", IP={"source": "fd00::1", "destination": "fd00:1::5",
-          "ipVersion": "IPv6"}, l4={"UDP": {"source_port": 5353, "destination_port": 53}},
-          source={"namespace": "shop", "pod_name": "cart-1", "cluster_name": "c2", "identity": 300,
-                  "labels": ["k8s:app=cart", "container:app=other", "k8s:tier=web"],
-                  "workloads": [{"name": "cart", "kind": "Deployment"}]},
-          destination_names=["api.Example.com", "db.shop.svc.cluster.local"], traffic_direction="EGRESS",
-          event_type={"type": 4, "sub_type": 3}, is_reply=False, node_labels=["kubernetes.io/os=linux", "zone=a"]),
-    _flow(1, uuid="NOT-CANONICAL", IP={"source": "::ffff:10.1.2.3", "destination": "10.1.2.4",
-          "source_xlated": "192.168.7.7", "ipVersion": "IPv4", "encrypted": True},
-          l4={"SCTP": {"source_port": 70000, "destination_port": 9}}, verdict="DROPPED",
-          drop_reason_desc="POLICY_DENIED", interface={"index": 7, "name": "eth0"},
-          source={"namespace": "", "pod_name": "bare", "labels": ["reserved:world", "cidr:10.0.0.0/8"]},
-          destination={"namespace": "shop", "cluster_name": "c3", "identity": 2},
-          event_type={"type": 1, "sub_type": 133}, trace_context={"parent": {"trace_id": "abc123"}},
-          ip_trace_id={"trace_id": "42"}),
-    _flow(2, IP={"source": "10.9.0.1", "destination": "10.9.0.2", "ipVersion": "IPv4"},
-          l4={"TCP": {"source_port": 40000, "destination_port": 8080, "flags": {"SYN": True, "ACK": True}}},
-          l7={"type": "RESPONSE", "http": {"code": 503, "method": "POST", "url": "http://api:8080/v1/orders?x=1",
-              "headers": [{"key": "x-user", "value": "alice"}]}},
-          source_service={"namespace": "shop", "name": "frontend"},
-          destination_service={"namespace": "shop", "name": "api"},
-          source={"namespace": "shop", "pod_name": "frontend-7", "labels": ["k8s:app=frontend", "k8s:version=v2"],
-                  "workloads": [{"name": "frontend", "kind": "StatefulSet"}]},
-          destination={"namespace": "default", "pod_name": "productpage-x", "workloads": [{"name": "x", "kind": "D"}]},
-          event_type={"type": 129}, is_reply=True, traffic_direction="INGRESS"),
-    _flow(3, IP={"source": "10.9.0.2", "destination": "8.8.8.8", "ipVersion": "IPv4"},
-          l4={"ICMPv4": {"type": 8}}, verdict="DROPPED", event_type={"type": 1},
-          l7={"type": "REQUEST", "kafka": {"topic": "t"}}, node_name="solo-node"),
-    _flow(4, IP={"source": "fd00::9", "destination": "fd00::1", "ipVersion": "IPv6"}, l4={"ICMPv6": {"type": 128}},
-          l7={"type": "REQUEST", "http": {"method": "GET", "url": "/a%20b/c"}}, event_type={"type": 129},
-          source={"labels": ["k8s:app=cart", "reserved:host"]}),
+    _flow(
+        0,
+        uuid="0b7e8a52-6c1b-4a43-9f1e-2d8a1c7d9e01",
+        IP={"source": "fd00::1", "destination": "fd00:1::5", "ipVersion": "IPv6"},
+        l4={"UDP": {"source_port": 5353, "destination_port": 53}},
+        source={
+            "namespace": "shop",
+            "pod_name": "cart-1",
+            "cluster_name": "c2",
+            "identity": 300,
+            "labels": ["k8s:app=cart", "container:app=other", "k8s:tier=web"],
+            "workloads": [{"name": "cart", "kind": "Deployment"}],
+        },
+        destination_names=["api.Example.com", "db.shop.svc.cluster.local"],
+        traffic_direction="EGRESS",
+        event_type={"type": 4, "sub_type": 3},
+        is_reply=False,
+        node_labels=["kubernetes.io/os=linux", "zone=a"],
+    ),
+    _flow(
+        1,
+        uuid="NOT-CANONICAL",
+        IP={
+            "source": "::ffff:10.1.2.3",
+            "destination": "10.1.2.4",
+            "source_xlated": "192.168.7.7",
+            "ipVersion": "IPv4",
+            "encrypted": True,
+        },
+        l4={"SCTP": {"source_port": 70000, "destination_port": 9}},
+        verdict="DROPPED",
+        drop_reason_desc="POLICY_DENIED",
+        interface={"index": 7, "name": "eth0"},
+        source={
+            "namespace": "",
+            "pod_name": "bare",
+            "labels": ["reserved:world", "cidr:10.0.0.0/8"],
+        },
+        destination={"namespace": "shop", "cluster_name": "c3", "identity": 2},
+        event_type={"type": 1, "sub_type": 133},
+        trace_context={"parent": {"trace_id": "abc123"}},
+        ip_trace_id={"trace_id": "42"},
+    ),
+    _flow(
+        2,
+        IP={"source": "10.9.0.1", "destination": "10.9.0.2", "ipVersion": "IPv4"},
+        l4={
+            "TCP": {
+                "source_port": 40000,
+                "destination_port": 8080,
+                "flags": {"SYN": True, "ACK": True},
+            }
+        },
+        l7={
+            "type": "RESPONSE",
+            "http": {
+                "code": 503,
+                "method": "POST",
+                "url": "http://api:8080/v1/orders?x=1",
+                "headers": [{"key": "x-user", "value": "alice"}],
+            },
+        },
+        source_service={"namespace": "shop", "name": "frontend"},
+        destination_service={"namespace": "shop", "name": "api"},
+        source={
+            "namespace": "shop",
+            "pod_name": "frontend-7",
+            "labels": ["k8s:app=frontend", "k8s:version=v2"],
+            "workloads": [{"name": "frontend", "kind": "StatefulSet"}],
+        },
+        destination={
+            "namespace": "default",
+            "pod_name": "productpage-x",
+            "workloads": [{"name": "x", "kind": "D"}],
+        },
+        event_type={"type": 129},
+        is_reply=True,
+        traffic_direction="INGRESS",
+    ),
+    _flow(
+        3,
+        IP={"source": "10.9.0.2", "destination": "8.8.8.8", "ipVersion": "IPv4"},
+        l4={"ICMPv4": {"type": 8}},
+        verdict="DROPPED",
+        event_type={"type": 1},
+        l7={"type": "REQUEST", "kafka": {"topic": "t"}},
+        node_name="solo-node",
+    ),
+    _flow(
+        4,
+        IP={"source": "fd00::9", "destination": "fd00::1", "ipVersion": "IPv6"},
+        l4={"ICMPv6": {"type": 128}},
+        l7={"type": "REQUEST", "http": {"method": "GET", "url": "/a%20b/c"}},
+        event_type={"type": 129},
+        source={"labels": ["k8s:app=cart", "reserved:host"]},
+    ),
     _flow(5, IP={"source": "10.9.0.3", "destination": "10.9.0.4", "ipVersion": "IPv4"}),
 ]
 
@@ -79,7 +148,10 @@ def served(tmp_path_factory, captures):
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     flows = [("c1", r.flow) for r in captures]
-    flows += [(r.flow.node_name.split("/")[0] if "/" in r.flow.node_name else "default", r.flow) for r in HANDMADE]
+    flows += [
+        (r.flow.node_name.split("/")[0] if "/" in r.flow.node_name else "default", r.flow)
+        for r in HANDMADE
+    ]
     yield observer_pb2_grpc.ObserverStub(channel), flows
     channel.close()
     server.stop()
@@ -155,7 +227,10 @@ def _selector_matches(sel: str, labels) -> bool:
             cur += ch
     reqs.append(cur)
     for req in (r for r in reqs if r.strip()):
-        m = re.fullmatch(r"\s*(!)?\s*([^\s=!,()]+)\s*(?:(==|=|!=)\s*([^\s,()]*)|\s(in|notin)\s*\((.*)\))?\s*", req)
+        m = re.fullmatch(
+            r"\s*(!)?\s*([^\s=!,()]+)\s*(?:(==|=|!=)\s*([^\s,()]*)|\s(in|notin)\s*\((.*)\))?\s*",
+            req,
+        )
         neg, key, op, val, setop, setvals = m.groups()
         src, _, k = key.partition(":") if ":" in key else ("any", "", key)
         hits = [v for s, kk, v in parsed if kk == k and (src == "any" or s == src)]
@@ -167,7 +242,9 @@ def _selector_matches(sel: str, labels) -> bool:
             ok = not hits or hits[0] != val
         elif setop:
             vals = {v.strip() for v in setvals.split(",")}
-            ok = bool(hits) and hits[0] in vals if setop == "in" else not hits or hits[0] not in vals
+            ok = (
+                bool(hits) and hits[0] in vals if setop == "in" else not hits or hits[0] not in vals
+            )
         else:
             ok = bool(hits)
         if not ok:
@@ -197,9 +274,14 @@ def matches(cluster: str, f: flow_pb2.Flow, ff: flow_pb2.FlowFilter) -> bool:
     if ff.uuid:
         checks.append(f.uuid in ff.uuid)
     if ff.event_type:
-        checks.append(f.HasField("event_type") and any(
-            (t.type == 0 or t.type == f.event_type.type) and (not t.match_sub_type or t.sub_type == f.event_type.sub_type)
-            for t in ff.event_type))
+        checks.append(
+            f.HasField("event_type")
+            and any(
+                (t.type == 0 or t.type == f.event_type.type)
+                and (not t.match_sub_type or t.sub_type == f.event_type.sub_type)
+                for t in ff.event_type
+            )
+        )
     if ff.verdict:
         checks.append(f.verdict in ff.verdict)
     if ff.drop_reason_desc:
@@ -216,10 +298,17 @@ def matches(cluster: str, f: flow_pb2.Flow, ff: flow_pb2.FlowFilter) -> bool:
     if ff.destination_identity:
         checks.append(f.destination.identity in ff.destination_identity)
     if ff.protocol:
-        have = {"tcp": f.l4.HasField("TCP"), "udp": f.l4.HasField("UDP"), "sctp": f.l4.HasField("SCTP"),
-                "icmpv4": f.l4.HasField("ICMPv4"), "icmpv6": f.l4.HasField("ICMPv6"),
-                "icmp": f.l4.HasField("ICMPv4") or f.l4.HasField("ICMPv6"),
-                "dns": f.l7.HasField("dns"), "http": f.l7.HasField("http"), "kafka": f.l7.HasField("kafka")}
+        have = {
+            "tcp": f.l4.HasField("TCP"),
+            "udp": f.l4.HasField("UDP"),
+            "sctp": f.l4.HasField("SCTP"),
+            "icmpv4": f.l4.HasField("ICMPv4"),
+            "icmpv6": f.l4.HasField("ICMPv6"),
+            "icmp": f.l4.HasField("ICMPv4") or f.l4.HasField("ICMPv6"),
+            "dns": f.l7.HasField("dns"),
+            "http": f.l7.HasField("http"),
+            "kafka": f.l7.HasField("kafka"),
+        }
         checks.append(any(have[p.lower()] for p in ff.protocol))
     if ff.source_ip:
         checks.append(_ips(ff.source_ip, f.IP.source))
@@ -233,20 +322,34 @@ def matches(cluster: str, f: flow_pb2.Flow, ff: flow_pb2.FlowFilter) -> bool:
         checks.append(_names(ff.destination_pod, f.destination.namespace, f.destination.pod_name))
     for fw, ep in ((ff.source_workload, f.source), (ff.destination_workload, f.destination)):
         if fw:
-            checks.append(any((not w.name or w.name == x.name) and (not w.kind or w.kind == x.kind)
-                              for x in ep.workloads for w in fw))
+            checks.append(
+                any(
+                    (not w.name or w.name == x.name) and (not w.kind or w.kind == x.kind)
+                    for x in ep.workloads
+                    for w in fw
+                )
+            )
     if ff.source_service:
         checks.append(_names(ff.source_service, f.source_service.namespace, f.source_service.name))
     if ff.destination_service:
-        checks.append(_names(ff.destination_service, f.destination_service.namespace, f.destination_service.name))
+        checks.append(
+            _names(
+                ff.destination_service, f.destination_service.namespace, f.destination_service.name
+            )
+        )
     if ff.source_fqdn:
         checks.append(_fqdn(ff.source_fqdn, f.source_names))
     if ff.destination_fqdn:
         checks.append(_fqdn(ff.destination_fqdn, f.destination_names))
     if ff.dns_query:
-        checks.append(f.l7.HasField("dns") and any(re.search(p, f.l7.dns.query) for p in ff.dns_query))
-    for sels, labels in ((ff.source_label, f.source.labels), (ff.destination_label, f.destination.labels),
-                         (ff.node_labels, f.node_labels)):
+        checks.append(
+            f.l7.HasField("dns") and any(re.search(p, f.l7.dns.query) for p in ff.dns_query)
+        )
+    for sels, labels in (
+        (ff.source_label, f.source.labels),
+        (ff.destination_label, f.destination.labels),
+        (ff.node_labels, f.node_labels),
+    ):
         if sels:
             checks.append(any(_selector_matches(s, labels) for s in sels))
     if ff.source_port:
@@ -255,22 +358,39 @@ def matches(cluster: str, f: flow_pb2.Flow, ff: flow_pb2.FlowFilter) -> bool:
         checks.append(_port(f, "destination") in {int(p) for p in ff.destination_port})
     if ff.http_status_code:
         code = f"{http.code:03d}" if http and http.code else None
-        checks.append(code is not None and any(code == s if not s.endswith("+") else code.startswith(s[:-1])
-                                               for s in ff.http_status_code))
+        checks.append(
+            code is not None
+            and any(
+                code == s if not s.endswith("+") else code.startswith(s[:-1])
+                for s in ff.http_status_code
+            )
+        )
     if ff.http_method:
-        checks.append(bool(http and http.method) and http.method.lower() in {m.lower() for m in ff.http_method})
+        checks.append(
+            bool(http and http.method)
+            and http.method.lower() in {m.lower() for m in ff.http_method}
+        )
     if ff.http_path:
         path = _http_path(http.url) if http else None
         checks.append(path is not None and any(re.search(p, path) for p in ff.http_path))
     if ff.http_url:
         checks.append(bool(http and http.url) and any(re.search(p, http.url) for p in ff.http_url))
     if ff.http_header:
-        checks.append(bool(http) and any(h.key == x.key and h.value == x.value for h in http.headers
-                                         for x in ff.http_header))
+        checks.append(
+            bool(http)
+            and any(
+                h.key == x.key and h.value == x.value for h in http.headers for x in ff.http_header
+            )
+        )
     if ff.tcp_flags:
         fl = f.l4.TCP.flags if f.l4.TCP.HasField("flags") else None
-        checks.append(fl is not None and any(all(getattr(fl, n) for n in filters.TCP_FLAG_NAMES if getattr(e, n))
-                                             for e in ff.tcp_flags))
+        checks.append(
+            fl is not None
+            and any(
+                all(getattr(fl, n) for n in filters.TCP_FLAG_NAMES if getattr(e, n))
+                for e in ff.tcp_flags
+            )
+        )
     if ff.node_name:
         name = f.node_name if "/" in f.node_name else f"{cluster}/{f.node_name}"
         alts = []
@@ -278,7 +398,9 @@ def matches(cluster: str, f: flow_pb2.Flow, ff: flow_pb2.FlowFilter) -> bool:
             c, _, n = p.rpartition("/")
             any_name = r"[-0-9_a-z]+(?:\.[-0-9_a-z]+)*"
             alts.append(f"{_glob(c) if c else any_name}/{_glob(n) if n else any_name}")
-        checks.append(bool(f.node_name) and re.fullmatch("(?:" + "|".join(alts) + ")", name) is not None)
+        checks.append(
+            bool(f.node_name) and re.fullmatch("(?:" + "|".join(alts) + ")", name) is not None
+        )
     if ff.source_cluster_name:
         checks.append(f.source.cluster_name in ff.source_cluster_name)
     if ff.destination_cluster_name:
@@ -290,17 +412,26 @@ def matches(cluster: str, f: flow_pb2.Flow, ff: flow_pb2.FlowFilter) -> bool:
     if ff.traffic_direction:
         checks.append(f.traffic_direction in ff.traffic_direction)
     if ff.interface:
-        checks.append(f.HasField("interface") and any((i.index == 0 or i.index == f.interface.index)
-                                                      and (not i.name or i.name == f.interface.name)
-                                                      for i in ff.interface))
+        checks.append(
+            f.HasField("interface")
+            and any(
+                (i.index == 0 or i.index == f.interface.index)
+                and (not i.name or i.name == f.interface.name)
+                for i in ff.interface
+            )
+        )
     if ff.ip_trace_id:
         checks.append(f.HasField("ip_trace_id") and f.ip_trace_id.trace_id in ff.ip_trace_id)
     return all(checks)
 
 
 def select(flows, allow, deny):
-    return [f for c, f in flows
-            if (not allow or any(matches(c, f, a) for a in allow)) and not any(matches(c, f, d) for d in deny)]
+    return [
+        f
+        for c, f in flows
+        if (not allow or any(matches(c, f, a) for a in allow))
+        and not any(matches(c, f, d) for d in deny)
+    ]
 
 
 # ------------------------------------------------------------------ the table
@@ -325,10 +456,19 @@ CASES = {
     "destination fqdn glob": ([ff(destination_fqdn=["*.EXAMPLE.com.", "db.*"])], []),
     "source fqdn": ([ff(source_fqdn=["*"])], []),
     "source label any source": ([ff(source_label=["app=reviews"])], []),
-    "source label k8s prefix, in, !=": ([ff(source_label=["k8s:app in (reviews, ratings), version!=v1"])], []),
-    "source label notin and exists": ([ff(source_label=["app notin (cart), k8s:io.kubernetes.pod.namespace"])], []),
+    "source label k8s prefix, in, !=": (
+        [ff(source_label=["k8s:app in (reviews, ratings), version!=v1"])],
+        [],
+    ),
+    "source label notin and exists": (
+        [ff(source_label=["app notin (cart), k8s:io.kubernetes.pod.namespace"])],
+        [],
+    ),
     "source label first match wins": ([ff(source_label=["app=other", "app=cart"])], []),
-    "label !key and reserved": ([ff(source_label=["!app"]), ff(destination_label=["reserved:host"])], []),
+    "label !key and reserved": (
+        [ff(source_label=["!app"]), ff(destination_label=["reserved:host"])],
+        [],
+    ),
     "label double equals": ([ff(destination_label=["k8s:app==productpage"])], []),
     "source service": ([ff(source_service=["shop/front"])], []),
     "destination service": ([ff(destination_service=["shop/"])], []),
@@ -340,7 +480,10 @@ CASES = {
     "verdict": ([ff(verdict=["DROPPED", "REDIRECTED"])], []),
     "drop reason desc": ([ff(drop_reason_desc=["POLICY_DENIED"])], []),
     "interface": ([ff(interface=[{"name": "eth0"}]), ff(interface=[{"index": 8}])], []),
-    "event type": ([ff(event_type=[{"type": 4, "match_sub_type": True, "sub_type": 3}, {"type": 129}])], []),
+    "event type": (
+        [ff(event_type=[{"type": 4, "match_sub_type": True, "sub_type": 3}, {"type": 129}])],
+        [],
+    ),
     "event type any": ([ff(event_type=[{"type": 0}])], []),
     "http status exact and prefix": ([ff(http_status_code=["404", "5+"])], []),
     "http status two-digit prefix": ([ff(http_status_code=["20+"])], []),
@@ -375,7 +518,10 @@ CASES = {
     "fields ANDed": ([ff(source_pod=["bookinfo/"], verdict=["FORWARDED"], protocol=["tcp"])], []),
     "allow ORed": ([ff(source_pod=["shop/"]), ff(destination_pod=["shop/"])], []),
     "deny only": ([], [ff(verdict=["FORWARDED"])]),
-    "allow minus deny": ([ff(source_pod=["bookinfo/"])], [ff(destination_port=["9080"]), ff(reply=[True])]),
+    "allow minus deny": (
+        [ff(source_pod=["bookinfo/"])],
+        [ff(destination_port=["9080"]), ff(reply=[True])],
+    ),
     "deny with reply quirk": ([], [ff(reply=[False])]),
 }
 
@@ -403,7 +549,11 @@ def test_filter_case(served, name):
 def test_cases_are_not_trivial(served):
     _, flows = served
     sizes = {name: len(select(flows, *CASES[name])) for name in CASES}
-    trivial = [n for n, s in sizes.items() if s in (0, len(flows)) and n not in ("empty filter", "source fqdn")]
+    trivial = [
+        n
+        for n, s in sizes.items()
+        if s in (0, len(flows)) and n not in ("empty filter", "source fqdn")
+    ]
     assert not trivial, f"cases selecting nothing or everything: {trivial}"
 
 
@@ -446,12 +596,16 @@ def test_unsupported_filter_is_invalid_argument(served, bad):
 
 
 def test_values_cannot_inject_sql():
-    sql = filters.compile_filters([ff(source_pod=["x'); DROP TABLE flows; --/y"], uuid=["a' OR '1'='1"])])
+    sql = filters.compile_filters(
+        [ff(source_pod=["x'); DROP TABLE flows; --/y"], uuid=["a' OR '1'='1"])]
+    )
     assert "'x''); DROP TABLE flows; --'" in sql and "'a'' OR ''1''=''1'" in sql
 
 
 def test_unknown_filter_fields_are_refused():
-    raw = F(verdict=[1]).SerializeToString() + b"\xa8\x06\x01"  # field 101, varint: a newer hubble's filter
+    raw = (
+        F(verdict=[1]).SerializeToString() + b"\xa8\x06\x01"
+    )  # field 101, varint: a newer hubble's filter
     with pytest.raises(FilterError, match="unknown"):
         filters.compile_filters([F.FromString(raw)])
 
@@ -469,7 +623,10 @@ denylist:
 
 def test_parse_print_raw_filters_yaml():
     allow, deny = filters.parse_raw_filters(RAW)
-    assert allow == [ff(source_pod=["kube-system/"]), ff(destination_pod=["kube-system/"], verdict=["DROPPED"])]
+    assert allow == [
+        ff(source_pod=["kube-system/"]),
+        ff(destination_pod=["kube-system/"], verdict=["DROPPED"]),
+    ]
     assert deny == [ff(protocol=["udp"])]
 
 
@@ -478,7 +635,7 @@ def test_parse_filter_list_shapes(tmp_path):
     assert filters.parse_filter_list('{"source_label": ["app=x"]}') == [one]
     assert filters.parse_filter_list('[{"source_label": ["app=x"]}, {}]') == [one, F()]
     assert filters.parse_filter_list(['{"source_label": ["app=x"]}']) == [one]
-    assert filters.parse_filter_list("allowlist:\n- '{\"source_label\":[\"app=x\"]}'\n") == [one]
+    assert filters.parse_filter_list('allowlist:\n- \'{"source_label":["app=x"]}\'\n') == [one]
     path = tmp_path / "f.json"
     path.write_text('[{"source_label": ["app=x"]}]')
     assert filters.parse_filter_list(str(path)) == [one]
@@ -504,10 +661,16 @@ def test_prefilter_never_drops_a_matching_flow(tmp_path, captures):
             continue
         with_pre += 1
         exact = filters._any(filters.flow_filter_sql(f) for f in allow)
-        _, rows = query.fetch(store, f"SELECT count(*) FILTER (WHERE {exact}), "
-                                     f"count(*) FILTER (WHERE {exact} AND NOT coalesce({pre}, FALSE)) FROM flows_proto")
+        _, rows = query.fetch(
+            store,
+            f"SELECT count(*) FILTER (WHERE {exact}), "
+            f"count(*) FILTER (WHERE {exact} AND NOT coalesce({pre}, FALSE)) FROM flows_proto",
+        )
         assert rows[0][1] == 0, (name, pre)
     assert with_pre >= 5
     assert filters.prefilter([ff(source_pod=["shop/"]), ff(destination_pod=["shop/"])]) == (
-        "((source.namespace IN ('shop')) OR (destination.namespace IN ('shop')))")
-    assert filters.prefilter([ff(verdict=["DROPPED"]), ff(source_ip=["10.0.0.1"])]) is None  # one filter is not narrowed
+        "((source.namespace IN ('shop')) OR (destination.namespace IN ('shop')))"
+    )
+    assert (
+        filters.prefilter([ff(verdict=["DROPPED"]), ff(source_ip=["10.0.0.1"])]) is None
+    )  # one filter is not narrowed

@@ -38,7 +38,9 @@ def test_import_twice_adds_nothing(store):
     paths = [str(p) for p in capture_files()]
     first = importer.import_files(store, paths)
     again = importer.import_files(store, paths)
-    assert first.flows > 0 and again.flows == 0 and again.duplicates == first.flows + first.duplicates
+    assert (
+        first.flows > 0 and again.flows == 0 and again.duplicates == first.flows + first.duplicates
+    )
 
 
 def test_gzip_and_cluster_from_node_name(store, tmp_path, captures):
@@ -57,7 +59,10 @@ def test_gzip_and_cluster_from_node_name(store, tmp_path, captures):
 def test_malformed_lines_named_with_file_and_line(store, tmp_path):
     good = capture_files()[0].read_text().splitlines()[0]
     path = tmp_path / "mixed.jsonl"
-    path.write_text("\n".join([good, "{not json", '{"flow": {"verdict": "BOGUS"}}', "[1, 2]", '{"x": 1}']) + "\n")
+    path.write_text(
+        "\n".join([good, "{not json", '{"flow": {"verdict": "BOGUS"}}', "[1, 2]", '{"x": 1}'])
+        + "\n"
+    )
     report = importer.import_files(store, [str(path)])
     assert report.flows == 1
     assert [e.split(": ")[0] for e in report.errors] == [f"{path}:{n}" for n in (2, 3, 4, 5)]
@@ -103,9 +108,10 @@ def test_lost_events_and_node_status_are_stored(store, tmp_path):
     assert report.events == 2
     from flowpipe.views import query
 
-    _, rows = query.fetch(store, "SELECT kind, lost_source, num_events_lost, node_state FROM events ORDER BY time")
+    _, rows = query.fetch(
+        store, "SELECT kind, lost_source, num_events_lost, node_state FROM events ORDER BY time"
+    )
     assert rows == [
         ("lost_events", "OBSERVER_EVENTS_QUEUE", 7, None),
         ("node_status", None, None, "NODE_UNAVAILABLE"),
     ]
-

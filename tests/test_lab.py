@@ -142,7 +142,9 @@ def test_stage4_verdicts_redirected_by_l7_policy_and_500_passes(stages):
     codes = Counter(f.l7.http.code for f in (r.flow for r in rs) if f.l7.http.code)
     assert codes == {200: 41, 500: 1}
     # the guide runs stage 4 on cluster1 only; the simulated lab runs the same on cluster2
-    codes2 = Counter(f.l7.http.code for f in (r.flow for r in stages[4]["cluster2"]) if f.l7.http.code)
+    codes2 = Counter(
+        f.l7.http.code for f in (r.flow for r in stages[4]["cluster2"]) if f.l7.http.code
+    )
     assert codes2 == {200: 41, 500: 1}
 
 

@@ -29,7 +29,9 @@ CLUSTERS = ("cluster1", "cluster2")
 
 pytestmark = [
     pytest.mark.prometheus,
-    pytest.mark.skipif(not Path(PROMETHEUS).is_file(), reason="no Prometheus binary (Debian package prometheus)"),
+    pytest.mark.skipif(
+        not Path(PROMETHEUS).is_file(), reason="no Prometheus binary (Debian package prometheus)"
+    ),
 ]
 
 
@@ -46,7 +48,10 @@ def clusters_of(base: str, expr: str) -> set[str]:
 
 
 def value(base: str, expr: str) -> dict[str, float]:
-    return {r["metric"]["cluster"]: float(r["value"][1]) for r in api(base, "query", query=expr)["result"]}
+    return {
+        r["metric"]["cluster"]: float(r["value"][1])
+        for r in api(base, "query", query=expr)["result"]
+    }
 
 
 def wait_for(what: str, fn, timeout: float = 60.0):
@@ -85,25 +90,72 @@ def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prom")
     now = time.time_ns()
     flows = lab.generate_lab(5, start_ns=now - 240 * 10**9, seed=11)
-    relays = {c: ReplayServer(responses=flows[c], cluster=c, follow=True, rate=10).start() for c in CLUSTERS}
+    relays = {
+        c: ReplayServer(responses=flows[c], cluster=c, follow=True, rate=10).start()
+        for c in CLUSTERS
+    }
     config = tmp / "collect.yaml"
-    config.write_text(yaml.safe_dump({"flush_interval": "0.5s", "relays": [
-        {"cluster": c, "address": f"127.0.0.1:{rs.port}", "plaintext": True} for c, rs in relays.items()]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "flush_interval": "0.5s",
+                "relays": [
+                    {"cluster": c, "address": f"127.0.0.1:{rs.port}", "plaintext": True}
+                    for c, rs in relays.items()
+                ],
+            }
+        )
+    )
     store = Store(tmp / "store")
     export_port, prom_port = free_port(), free_port()
-    exporter = start([sys.executable, "-m", "flowpipe.cli", "export", "--rules", "stage5", "--store", str(store.root),
-                      "--listen", f"127.0.0.1:{export_port}", "--interval", "1s", "--window", "10m",
-                      "--collect-config", str(config)], tmp / "export.log")
+    exporter = start(
+        [
+            sys.executable,
+            "-m",
+            "flowpipe.cli",
+            "export",
+            "--rules",
+            "stage5",
+            "--store",
+            str(store.root),
+            "--listen",
+            f"127.0.0.1:{export_port}",
+            "--interval",
+            "1s",
+            "--window",
+            "10m",
+            "--collect-config",
+            str(config),
+        ],
+        tmp / "export.log",
+    )
     prom_config = tmp / "prometheus.yml"
-    prom_config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [{"job_name": "flowpipe", "static_configs": [{"targets": [f"127.0.0.1:{export_port}"]}]}],
-    }))
-    prom = start([PROMETHEUS, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                  f"--web.listen-address=127.0.0.1:{prom_port}"], tmp / "prometheus.log")
+    prom_config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ALERTS)],
+                "scrape_configs": [
+                    {
+                        "job_name": "flowpipe",
+                        "static_configs": [{"targets": [f"127.0.0.1:{export_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    prom = start(
+        [
+            PROMETHEUS,
+            f"--config.file={prom_config}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        tmp / "prometheus.log",
+    )
     base = f"http://127.0.0.1:{prom_port}"
     try:
+
         def ready() -> bool:
             assert exporter.poll() is None, (tmp / "export.log").read_text()
             assert prom.poll() is None, (tmp / "prometheus.log").read_text()
@@ -146,31 +198,60 @@ def test_every_dashboard_query_returns_both_clusters(pipeline):
     except AssertionError:
         pytest.fail("queries without series for both clusters:\n" + "\n".join(pending))
     # the dashboard's variables find both clusters and the stage
-    assert set(api(base, "label/cluster/values", **{"match[]": "flowpipe_store_flows"})) >= set(CLUSTERS)
+    assert set(api(base, "label/cluster/values", **{"match[]": "flowpipe_store_flows"})) >= set(
+        CLUSTERS
+    )
     assert "5" in api(base, "label/stage/values", **{"match[]": "flowpipe_stage_conformant"})
 
 
 def test_stage_turns_non_conforming_and_the_alert_follows(pipeline):
     base, store = pipeline["prom"], pipeline["store"]
     conformant = 'flowpipe_stage_conformant{stage="5"}'
-    wait_for("stage 5 conformant on both clusters", lambda: value(base, conformant) == {c: 1.0 for c in CLUSTERS})
+    wait_for(
+        "stage 5 conformant on both clusters",
+        lambda: value(base, conformant) == {c: 1.0 for c in CLUSTERS},
+    )
     t0 = time.time()
     # cluster2 forgets to delete allow-all: its flows now break stage 5
-    broken = lab.generate_lab(5, clusters=("cluster2",), variant="allow-all-left", start_ns=time.time_ns() - 60 * 10**9, seed=12)
+    broken = lab.generate_lab(
+        5,
+        clusters=("cluster2",),
+        variant="allow-all-left",
+        start_ns=time.time_ns() - 60 * 10**9,
+        seed=12,
+    )
     write_responses(store, broken["cluster2"], cluster="cluster2")
-    wait_for("cluster2 to stop conforming", lambda: value(base, conformant) == {"cluster1": 1.0, "cluster2": 0.0})
+    wait_for(
+        "cluster2 to stop conforming",
+        lambda: value(base, conformant) == {"cluster1": 1.0, "cluster2": 0.0},
+    )
     violations = value(base, 'sum by (cluster) (flowpipe_rule_violation_flows{stage="5"})')
     assert violations["cluster2"] > 0 and violations.get("cluster1", 0) == 0
-    failing = api(base, "query", query='flowpipe_rule_status{stage="5", status="fail"} == 1')["result"]
+    failing = api(base, "query", query='flowpipe_rule_status{stage="5", status="fail"} == 1')[
+        "result"
+    ]
     assert {r["metric"]["cluster"] for r in failing} == {"cluster2"}
-    alerts = wait_for("the alert to be pending", lambda: [
-        a for a in api(base, "alerts")["alerts"] if a["labels"]["alertname"] == "FlowpipeStageNotConformant"])
+    alerts = wait_for(
+        "the alert to be pending",
+        lambda: [
+            a
+            for a in api(base, "alerts")["alerts"]
+            if a["labels"]["alertname"] == "FlowpipeStageNotConformant"
+        ],
+    )
     assert {(a["labels"]["cluster"], a["state"]) for a in alerts} == {("cluster2", "pending")}
+
     # the scraped series, one sample per minute, through `promtool test rules`: the alert fires after its 5m
     def fetch():
         # the instant query above may see the 0 a moment before a range query ending "now" does
-        got = api(base, "query_range", query=conformant, start=t0, end=time.time() + 1, step="1s")["result"]
-        return got if any(s["values"][0][1] == "1" and s["values"][-1][1] == "0" for s in got) else None
+        got = api(base, "query_range", query=conformant, start=t0, end=time.time() + 1, step="1s")[
+            "result"
+        ]
+        return (
+            got
+            if any(s["values"][0][1] == "1" and s["values"][-1][1] == "0" for s in got)
+            else None
+        )
 
     series = wait_for("the range query to show the change", fetch)
     input_series, n = [], 0
@@ -178,26 +259,49 @@ def test_stage_turns_non_conforming_and_the_alert_follows(pipeline):
         values = [str(int(float(v))) for _, v in s["values"]]
         n = max(n, len(values))
         labels = ",".join(f'{k}="{v}"' for k, v in sorted(s["metric"].items()))
-        input_series.append({"series": f"flowpipe_stage_conformant{{{labels}}}",
-                             "values": " ".join(values) + f" {values[-1]}x10"})
-    assert any(s["values"].split()[0] == "1" and s["values"].split()[-2] == "0" for s in input_series), input_series
+        input_series.append(
+            {
+                "series": f"flowpipe_stage_conformant{{{labels}}}",
+                "values": " ".join(values) + f" {values[-1]}x10",
+            }
+        )
+    assert any(
+        s["values"].split()[0] == "1" and s["values"].split()[-2] == "0" for s in input_series
+    ), input_series
     metric = next(s["metric"] for s in series if s["metric"]["cluster"] == "cluster2")
     metric.pop("__name__", None)
     test = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": input_series, "alert_rule_test": [
-            {"eval_time": f"{n + 6}m", "alertname": "FlowpipeStageNotConformant", "exp_alerts": [{
-                "exp_labels": {**metric, "severity": "critical"},
-                "exp_annotations": {
-                    "summary": "Stage 5 does not conform on cluster2",
-                    "description": "A rule of stage 5 fails or cannot run on cluster2. See which: "
-                                   "flowpipe check stage5 --cluster cluster2 --since 15m"}}]}]}],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": input_series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": f"{n + 6}m",
+                        "alertname": "FlowpipeStageNotConformant",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**metric, "severity": "critical"},
+                                "exp_annotations": {
+                                    "summary": "Stage 5 does not conform on cluster2",
+                                    "description": "A rule of stage 5 fails or cannot run on cluster2. See which: "
+                                    "flowpipe check stage5 --cluster cluster2 --since 15m",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
     }
     path = pipeline["tmp"] / "conformance.test.yml"
     path.write_text(yaml.safe_dump(test))
     promtool = shutil.which("promtool") or str(Path(PROMETHEUS).with_name("promtool"))
-    res = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -206,7 +310,9 @@ def _processes_mentioning(text: str) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != os.getpid():
             try:
-                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"
+                ):
                     pids.append(int(d.name))
             except OSError:
                 continue
@@ -216,9 +322,27 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.slow
 def test_demo_runs_and_ctrl_c_stops_every_child(tmp_path):
     work = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "flowpipe.cli", "demo", "--dir", str(work), "--stage", "2",
-                             "--rate", "10", "--duration", "120s", "--prometheus", PROMETHEUS],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flowpipe.cli",
+            "demo",
+            "--dir",
+            str(work),
+            "--stage",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "120s",
+            "--prometheus",
+            PROMETHEUS,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 100
@@ -233,7 +357,10 @@ def test_demo_runs_and_ctrl_c_stops_every_child(tmp_path):
         assert "Ctrl-C stops everything" in out, out
         assert _processes_mentioning(str(work)), "the demo's relays/exporter should be running"
         prom = next(u.split()[-1] for u in lines if u.strip().startswith("prometheus "))
-        wait_for("Prometheus to scrape the demo", lambda: clusters_of(prom, "flowpipe_store_flows") >= set(CLUSTERS))
+        wait_for(
+            "Prometheus to scrape the demo",
+            lambda: clusters_of(prom, "flowpipe_store_flows") >= set(CLUSTERS),
+        )
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:

@@ -11,7 +11,11 @@ from tools import protogen
 
 def test_generated_code_matches_protos(tmp_path: Path):
     protogen.generate(tmp_path)
-    fresh = {p.relative_to(tmp_path): p.read_text() for p in tmp_path.rglob("*.py*") if "__pycache__" not in p.parts}
+    fresh = {
+        p.relative_to(tmp_path): p.read_text()
+        for p in tmp_path.rglob("*.py*")
+        if "__pycache__" not in p.parts
+    }
     committed = {
         p.relative_to(protogen.API_DIR): p.read_text()
         for p in protogen.API_DIR.rglob("*.py*")

@@ -24,9 +24,24 @@ KILLS = 20
 
 def collect_cmd(store, a: str, b: str) -> list[str]:
     return [
-        sys.executable, "-m", "flowpipe.cli", "collect", "--store", str(store.root), "--plaintext",
-        "--relay", f"cluster1={a}", "--relay", f"cluster2={b}", "--flush-interval", "0.5s",
-        "--backoff-max", "0.5s", "--resume-overlap", "2s", "--quiet",
+        sys.executable,
+        "-m",
+        "flowpipe.cli",
+        "collect",
+        "--store",
+        str(store.root),
+        "--plaintext",
+        "--relay",
+        f"cluster1={a}",
+        "--relay",
+        f"cluster2={b}",
+        "--flush-interval",
+        "0.5s",
+        "--backoff-max",
+        "0.5s",
+        "--resume-overlap",
+        "2s",
+        "--quiet",
     ]
 
 
@@ -35,13 +50,17 @@ def test_sigkill_twenty_times_loses_and_repeats_nothing(store):
     start = time.time_ns() - 3_600_000_000_000
     # 100k flows per relay over ~17 minutes of flow time, like a busy two-node cluster
     a = make_responses(FLOWS_PER_RELAY, start_ns=start, step_ns=10_000_000, node="c1-node", seed=11)
-    b = make_responses(FLOWS_PER_RELAY, start_ns=start + 5_000_000, step_ns=10_000_000, node="c2-node", seed=12)
+    b = make_responses(
+        FLOWS_PER_RELAY, start_ns=start + 5_000_000, step_ns=10_000_000, node="c2-node", seed=12
+    )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     stored_after_kill = []
     with ReplayServer(responses=a, follow=True) as ra, ReplayServer(responses=b, follow=True) as rb:
         cmd = collect_cmd(store, ra.address, rb.address)
         for _ in range(KILLS):
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             time.sleep(rng.uniform(0.4, 2.5))  # a random moment: start-up, mid-stream or mid-flush
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -62,9 +81,13 @@ def test_sigkill_twenty_times_loses_and_repeats_nothing(store):
         pq.read_metadata(path)
     assert all(p.name.endswith(".parquet") and ".tmp" not in p.name for p in files)
     _, rows = query.fetch(
-        store, "SELECT cluster, count(*), count(DISTINCT uuid) FROM flows GROUP BY cluster ORDER BY cluster"
+        store,
+        "SELECT cluster, count(*), count(DISTINCT uuid) FROM flows GROUP BY cluster ORDER BY cluster",
     )
-    assert rows == [("cluster1", FLOWS_PER_RELAY, FLOWS_PER_RELAY), ("cluster2", FLOWS_PER_RELAY, FLOWS_PER_RELAY)]
+    assert rows == [
+        ("cluster1", FLOWS_PER_RELAY, FLOWS_PER_RELAY),
+        ("cluster2", FLOWS_PER_RELAY, FLOWS_PER_RELAY),
+    ]
     sent = {r.flow.uuid for r in a} | {r.flow.uuid for r in b}
     _, got = query.fetch(store, "SELECT uuid FROM flows")
     assert {u for (u,) in got} == sent

@@ -22,9 +22,15 @@ def small_fs(tmp_path):
     """A 16 MB tmpfs mounted for this test (needs root, as in CI)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'}); CI runs as root")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'}); CI runs as root"
+        )
     try:
         yield mnt
     finally:
@@ -57,10 +63,14 @@ def test_full_disk_reported_and_recovered(small_fs, caplog):
             wait_for(lambda: stored_count(run, "c1") == 200, what="flows before the disk fills")
             filler = fill(small_fs, leave_bytes=64 * 1024)
             relay.feed(later)
-            wait_for(lambda: run.metric("flowpipe_collector_flush_errors_total", cluster="c1") >= 1,
-                     what="the failed commit to be counted")
-            assert any("no space left on device" in r.getMessage() and "[c1]" in r.getMessage()
-                       for r in caplog.records)
+            wait_for(
+                lambda: run.metric("flowpipe_collector_flush_errors_total", cluster="c1") >= 1,
+                what="the failed commit to be counted",
+            )
+            assert any(
+                "no space left on device" in r.getMessage() and "[c1]" in r.getMessage()
+                for r in caplog.records
+            )
             # nothing half-written where queries look, and nothing left in the temp area
             for path in store.files():
                 pq.read_metadata(path)
@@ -68,10 +78,22 @@ def test_full_disk_reported_and_recovered(small_fs, caplog):
             # what was not committed is not held in memory: Relay still has it and is asked again
             assert any("asking Relay for them again" in r.getMessage() for r in caplog.records)
             filler.unlink()
-            wait_for(lambda: stored_count(run, "c1") >= 20_200, timeout=60, what="flows after space was freed")
-            print("stored", stored_count(run, "c1"), run.metric("flowpipe_collector_duplicate_flows_total", cluster="c1"))
+            wait_for(
+                lambda: stored_count(run, "c1") >= 20_200,
+                timeout=60,
+                what="flows after space was freed",
+            )
+            print(
+                "stored",
+                stored_count(run, "c1"),
+                run.metric("flowpipe_collector_duplicate_flows_total", cluster="c1"),
+            )
             assert run.stop() == 0
-    uuids = [u for p in store.files() for u in pq.read_table(p, columns=["_uuid"]).column("_uuid").to_pylist()]
+    uuids = [
+        u
+        for p in store.files()
+        for u in pq.read_table(p, columns=["_uuid"]).column("_uuid").to_pylist()
+    ]
     assert len(uuids) == len(set(uuids)) == 20_200
 
 
@@ -85,10 +107,14 @@ def test_collector_that_must_stop_on_a_full_disk_exits_non_zero(small_fs):
             fill(small_fs, leave_bytes=32 * 1024)
             relay_more = make_responses(5000, start_ns=time.time_ns() - 5_000_000_000, seed=54)
             relay.feed(relay_more)
-            wait_for(lambda: run.metric("flowpipe_collector_flush_errors_total", cluster="c1") >= 1,
-                     what="failed commit")
+            wait_for(
+                lambda: run.metric("flowpipe_collector_flush_errors_total", cluster="c1") >= 1,
+                what="failed commit",
+            )
         unstored = run.result  # stopping while the disk is still full
-    assert isinstance(unstored, int) and unstored > 0  # the CLI turns this into exit 1 with one line
+    assert (
+        isinstance(unstored, int) and unstored > 0
+    )  # the CLI turns this into exit 1 with one line
     assert not list((store.root / ".incoming").glob("*.tmp"))
 
 
@@ -98,8 +124,20 @@ def test_starting_on_a_full_disk_is_one_clear_error(small_fs):
     from flowpipe.cli import main
 
     fill(small_fs, leave_bytes=4 * 1024)
-    res = CliRunner().invoke(main, ["collect", "--store", str(small_fs / "store"), "--plaintext",
-                                    "--relay", "c1=127.0.0.1:1", "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "collect",
+            "--store",
+            str(small_fs / "store"),
+            "--plaintext",
+            "--relay",
+            "c1=127.0.0.1:1",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2
     line = res.output.strip().splitlines()[-1]
-    assert line.startswith("flowpipe: error: store ") and "no space left on device" in line, res.output
+    assert line.startswith("flowpipe: error: store ") and "no space left on device" in line, (
+        res.output
+    )

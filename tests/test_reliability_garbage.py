@@ -51,10 +51,16 @@ def check_against_protobuf(raw: bytes) -> None:
 
 mutations = st.one_of(
     st.binary(max_size=300),
-    st.tuples(st.sampled_from(VALID), st.integers(0, 2000)).map(lambda t: t[0][: t[1]]),  # truncated
-    st.tuples(st.sampled_from(VALID), st.binary(min_size=1, max_size=40)).map(lambda t: t[0] + t[1]),  # trailing junk
+    st.tuples(st.sampled_from(VALID), st.integers(0, 2000)).map(
+        lambda t: t[0][: t[1]]
+    ),  # truncated
+    st.tuples(st.sampled_from(VALID), st.binary(min_size=1, max_size=40)).map(
+        lambda t: t[0] + t[1]
+    ),  # trailing junk
     st.tuples(st.sampled_from(VALID), st.integers(0, 10_000), st.integers(0, 255)).map(
-        lambda t: t[0][: t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1 :]  # one byte changed
+        lambda t: (
+            t[0][: t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1 :]
+        )  # one byte changed
     ),
 )
 
@@ -92,19 +98,27 @@ def test_oversized_message_round_trips():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 wrong_shapes = st.one_of(
     json_values,
-    st.dictionaries(st.sampled_from(["flow", "node_status", "lost_events", "time", "node_name"]), json_values,
-                    min_size=1, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["flow", "node_status", "lost_events", "time", "node_name"]),
+        json_values,
+        min_size=1,
+        max_size=3,
+    ),
     st.builds(lambda v: {"flow": {"verdict": v}}, json_values),
     st.builds(lambda v: {"flow": {"source": v, "time": "2024-01-01T00:00:00Z"}}, json_values),
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(wrong_shapes, min_size=1, max_size=8))
 def test_import_reports_wrong_json_shapes_with_locations(tmp_path_factory, values):
     tmp = tmp_path_factory.mktemp("garbage")
@@ -163,23 +177,36 @@ class JunkRelay(grpc.GenericRpcHandler):
                 time.sleep(0.1)
 
         return grpc.unary_stream_rpc_method_handler(
-            stream, request_deserializer=observer_pb2.GetFlowsRequest.FromString, response_serializer=None
+            stream,
+            request_deserializer=observer_pb2.GetFlowsRequest.FromString,
+            response_serializer=None,
         )
 
 
 def test_collector_survives_a_relay_sending_junk(store, port, caplog):
     good = make_responses(30, seed=64)
     junk = [b"\xff\xff\xff", b"\x0a\x05\x01", b"\x0a\x02\x92\x01"]
-    items = [r.SerializeToString() for r in good[:15]] + junk + [r.SerializeToString() for r in good[15:]]
+    items = (
+        [r.SerializeToString() for r in good[:15]]
+        + junk
+        + [r.SerializeToString() for r in good[15:]]
+    )
     server = grpc.server(futures.ThreadPoolExecutor(4))
     server.add_generic_rpc_handlers([JunkRelay(items)])
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     try:
         with Running(config(("c1", f"127.0.0.1:{port}")), store) as run:
-            wait_for(lambda: run.metric("flowpipe_collector_malformed_responses_total", cluster="c1") == 3,
-                     what="junk counted")
-            wait_for(lambda: run.metric("flowpipe_collector_flows_stored_total", cluster="c1") == 30, what="flows")
+            wait_for(
+                lambda: (
+                    run.metric("flowpipe_collector_malformed_responses_total", cluster="c1") == 3
+                ),
+                what="junk counted",
+            )
+            wait_for(
+                lambda: run.metric("flowpipe_collector_flows_stored_total", cluster="c1") == 30,
+                what="flows",
+            )
             run.stop()
     finally:
         server.stop(0)

@@ -28,30 +28,55 @@ def test_relay_outage_of_60s(store):
             wait_for(lambda: stored_count(run, "c1") == 2000, what="flows before the outage")
             relay.stop()
             down_at = time.monotonic()
-            wait_for(lambda: run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0, what="disconnect")
+            wait_for(
+                lambda: run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0,
+                what="disconnect",
+            )
             # while it is down, the relay's node buffer overflows: it will report the loss
             lost = observer_pb2.GetFlowsResponse(
-                lost_events=flow_pb2.LostEvent(source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=1234),
+                lost_events=flow_pb2.LostEvent(
+                    source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=1234
+                ),
                 node_name="c1-node",
             )
             lost.time.FromNanoseconds(time.time_ns() - 30_000_000_000)
-            relay.feed([lost, *make_responses(500, start_ns=time.time_ns() - 20_000_000_000, seed=22)])
+            relay.feed(
+                [lost, *make_responses(500, start_ns=time.time_ns() - 20_000_000_000, seed=22)]
+            )
             time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
             relay.restart()
             back_at = time.monotonic()
-            wait_for(lambda: run.metric("flowpipe_collector_relay_connected", cluster="c1") == 1,
-                     timeout=backoff_cap + 5, what="reconnect within the backoff cap")
+            wait_for(
+                lambda: run.metric("flowpipe_collector_relay_connected", cluster="c1") == 1,
+                timeout=backoff_cap + 5,
+                what="reconnect within the backoff cap",
+            )
             reconnect_s = time.monotonic() - back_at
             wait_for(lambda: stored_count(run, "c1") == 2500, what="flows after the outage")
-            wait_for(lambda: run.metric("flowpipe_collector_lost_events_total", cluster="c1",
-                                        source="HUBBLE_RING_BUFFER") == 1234, what="lost events counted")
-            errors = run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE")
+            wait_for(
+                lambda: (
+                    run.metric(
+                        "flowpipe_collector_lost_events_total",
+                        cluster="c1",
+                        source="HUBBLE_RING_BUFFER",
+                    )
+                    == 1234
+                ),
+                what="lost events counted",
+            )
+            errors = run.metric(
+                "flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE"
+            )
             run.stop()
-    print(f"\noutage: reconnected {reconnect_s:.2f}s after the relay returned (cap {backoff_cap}s), "
-          f"{errors:.0f} failed attempts during 60 s")
+    print(
+        f"\noutage: reconnected {reconnect_s:.2f}s after the relay returned (cap {backoff_cap}s), "
+        f"{errors:.0f} failed attempts during 60 s"
+    )
     assert reconnect_s <= backoff_cap + 1.5
     assert errors >= 10  # it kept trying all along (at most backoff_cap apart)
-    _, rows = query.fetch(store, "SELECT lost_source, num_events_lost FROM lost_events WHERE cluster = 'c1'")
+    _, rows = query.fetch(
+        store, "SELECT lost_source, num_events_lost FROM lost_events WHERE cluster = 'c1'"
+    )
     assert rows == [("HUBBLE_RING_BUFFER", 1234)]
     assert len({f.uuid for f in stored(store)}) == 2500
 
@@ -82,7 +107,9 @@ class FreezingProxy:
             upstream = socket.create_connection(self.target)
             frozen_at_accept = self.frozen.is_set()
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b, frozen_at_accept), daemon=True).start()
+                threading.Thread(
+                    target=self._pipe, args=(a, b, frozen_at_accept), daemon=True
+                ).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, born_frozen: bool) -> None:
         src.settimeout(0.2)
@@ -120,15 +147,20 @@ def test_stalled_peer_is_noticed_and_redialled(store):
                 proxy.frozen.set()  # the old connection goes silent; new ones work
                 frozen_at = time.monotonic()
                 relay.feed(make_responses(200, start_ns=time.time_ns() - 10_000_000_000, seed=32))
-                wait_for(lambda: run.metric("flowpipe_collector_reconnects_total", cluster="c1") >= 1,
-                         timeout=keepalive + timeout + 10, what="re-dial after the stall")
+                wait_for(
+                    lambda: run.metric("flowpipe_collector_reconnects_total", cluster="c1") >= 1,
+                    timeout=keepalive + timeout + 10,
+                    what="re-dial after the stall",
+                )
                 noticed_s = time.monotonic() - frozen_at
                 wait_for(lambda: stored_count(run, "c1") == 500, what="flows after the re-dial")
                 run.stop()
         finally:
             proxy.close()
-    print(f"\nstall: noticed and re-dialled {noticed_s:.2f}s after the peer went silent "
-          f"(keepalive {keepalive}s + ping timeout {timeout}s)")
+    print(
+        f"\nstall: noticed and re-dialled {noticed_s:.2f}s after the peer went silent "
+        f"(keepalive {keepalive}s + ping timeout {timeout}s)"
+    )
     # keepalive interval + ping timeout + one backoff step, with slack for a loaded machine
     assert noticed_s <= keepalive + timeout + 3, noticed_s
     assert proxy.connections >= 2
@@ -140,7 +172,13 @@ def test_silent_but_alive_peer_caught_by_idle_watchdog(store):
         cfg = config(("c1", relay.address), idle_timeout=1.0)
         with Running(cfg, store) as run:
             wait_for(lambda: stored_count(run, "c1") == 50, what="flows")
-            wait_for(lambda: run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="idle") >= 2,
-                     timeout=15, what="idle re-dials")
+            wait_for(
+                lambda: (
+                    run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="idle")
+                    >= 2
+                ),
+                timeout=15,
+                what="idle re-dials",
+            )
             run.stop()
     assert len(stored(store)) == 50

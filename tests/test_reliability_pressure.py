@@ -34,10 +34,27 @@ SELECT * FROM flows;
 """
 
 
-def peak_rss_of_check(store, rule_file, timeout: float, limit: str) -> tuple[float, float, str, int]:
+def peak_rss_of_check(
+    store, rule_file, timeout: float, limit: str
+) -> tuple[float, float, str, int]:
     """(seconds, peak RSS in MB, output, exit code) of `flowpipe check` in its own process."""
-    cmd = [sys.executable, "-m", "flowpipe.cli", "check", str(rule_file), "--store", str(store.root),
-           "--since", "1d", "--rule-timeout", str(timeout), "--memory-limit", limit, "--format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flowpipe.cli",
+        "check",
+        str(rule_file),
+        "--store",
+        str(store.root),
+        "--since",
+        "1d",
+        "--rule-timeout",
+        str(timeout),
+        "--memory-limit",
+        limit,
+        "--format",
+        "json",
+    ]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     peak = 0
@@ -57,7 +74,9 @@ def peak_rss_of_check(store, rule_file, timeout: float, limit: str) -> tuple[flo
 def test_runaway_rule_is_interrupted_while_collection_goes_on(store, tmp_path):
     start = time.time_ns() - 1_800_000_000_000
     history = make_responses(20_000, start_ns=start, step_ns=50_000_000, seed=71)
-    live = make_responses(3000, start_ns=time.time_ns() - 60_000_000_000, step_ns=10_000_000, seed=72)
+    live = make_responses(
+        3000, start_ns=time.time_ns() - 60_000_000_000, step_ns=10_000_000, seed=72
+    )
     runaway, trivial = tmp_path / "runaway.sql", tmp_path / "trivial.sql"
     runaway.write_text(RUNAWAY)
     trivial.write_text(TRIVIAL)
@@ -65,21 +84,35 @@ def test_runaway_rule_is_interrupted_while_collection_goes_on(store, tmp_path):
         with Running(config(("c1", relay.address)), store) as run:
             wait_for(lambda: stored_count(run, "c1") == 20_000, timeout=60, what="history stored")
             _, base_mb, _, _ = peak_rss_of_check(store, trivial, 30, "256MB")
-            feeder = threading.Thread(target=lambda: [relay.feed(live[i:i + 300]) or time.sleep(0.3)
-                                                      for i in range(0, len(live), 300)])
+            feeder = threading.Thread(
+                target=lambda: [
+                    relay.feed(live[i : i + 300]) or time.sleep(0.3)
+                    for i in range(0, len(live), 300)
+                ]
+            )
             feeder.start()
             seconds, peak_mb, out, code = peak_rss_of_check(store, runaway, 2.0, "256MB")
             feeder.join()
-            wait_for(lambda: stored_count(run, "c1") == 23_000, timeout=60, what="flows collected meanwhile")
+            wait_for(
+                lambda: stored_count(run, "c1") == 23_000,
+                timeout=60,
+                what="flows collected meanwhile",
+            )
             run.stop()
     guard = "memory limit" if "out of memory" in out else "timeout"
-    print(f"\nrunaway: stopped by the {guard}; process took {seconds:.2f}s with --rule-timeout 2; peak RSS {peak_mb:.0f} MB "
-          f"(baseline check {base_mb:.0f} MB, --memory-limit 256MB)")
+    print(
+        f"\nrunaway: stopped by the {guard}; process took {seconds:.2f}s with --rule-timeout 2; peak RSS {peak_mb:.0f} MB "
+        f"(baseline check {base_mb:.0f} MB, --memory-limit 256MB)"
+    )
     assert code == 2, out  # the rule could not run: an error, not a pass or a fail
     # whichever guard fires first (the timeout, or the memory limit when DuckDB fills it sooner)
     # must stop it with its reason named
-    assert '"status": "error"' in out and ("timeout" in out.lower() or "out of memory (--memory-limit 256MB)" in out), out
-    process_start = 2.5  # python + duckdb + views, measured by the trivial run's overhead on this machine
+    assert '"status": "error"' in out and (
+        "timeout" in out.lower() or "out of memory (--memory-limit 256MB)" in out
+    ), out
+    process_start = (
+        2.5  # python + duckdb + views, measured by the trivial run's overhead on this machine
+    )
     assert seconds <= 2.0 + 1.0 + process_start, seconds
     assert peak_mb <= base_mb + 256, (peak_mb, base_mb)
     assert len({f.uuid for f in stored(store)}) == 23_000
@@ -91,7 +124,9 @@ def test_check_and_fifty_scrapers_while_collect_writes(tmp_path):
     store = Store(tmp_path / "store")
     store.ensure()
     now = time.time_ns()
-    lab_flows = [r for rs in lab.generate_lab(5, start_ns=now - 400 * 10**9, seed=73).values() for r in rs]
+    lab_flows = [
+        r for rs in lab.generate_lab(5, start_ns=now - 400 * 10**9, seed=73).values() for r in rs
+    ]
     with ReplayServer(responses=lab_flows, follow=True, rate=4000) as relay:
         cfg = config(("cluster1", relay.address), flush_interval=0.2)
         with Running(cfg, store) as run:
@@ -123,8 +158,10 @@ def test_check_and_fifty_scrapers_while_collect_writes(tmp_path):
             exporter.stop()
             stored_before_stop = stored_count(run, "cluster1")
             run.stop()
-    print(f"\npressure: {len(scrapes)} scrapes by 50 scrapers in 10 s, {len(failures)} failed; "
-          f"{len(checks)} checks, {stored_before_stop} flows collected meanwhile")
+    print(
+        f"\npressure: {len(scrapes)} scrapes by 50 scrapers in 10 s, {len(failures)} failed; "
+        f"{len(checks)} checks, {stored_before_stop} flows collected meanwhile"
+    )
     assert failures == [] and len(scrapes) > 500 and set(scrapes) == {200}
     assert checks and all(r.status != "error" for rep in checks for r in rep.results), [
         r.message for rep in checks for r in rep.results if r.status == "error"

@@ -78,7 +78,10 @@ def test_stop_and_restart_on_the_same_port(captures, port):
             rs.stop()
             with pytest.raises(grpc.RpcError) as err:
                 list(stub.GetFlows(Req(), timeout=2))
-            assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert err.value.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
             rs.restart()
             assert rs.port == port
             assert len(list(stub.GetFlows(Req(), timeout=10, wait_for_ready=True))) == 3
@@ -117,6 +120,10 @@ def test_replay_process_restarts(port):
 
 
 def test_cli_refuses_plaintext_unless_asked():
-    out = subprocess.run([sys.executable, "-m", "flowpipe.cli", "replay", TEN, "--listen", "127.0.0.1:1"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "flowpipe.cli", "replay", TEN, "--listen", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "--plaintext" in out.stderr

@@ -50,7 +50,10 @@ def test_parses_settings_and_sql():
     a, b, c = rf.rules
     assert a.name == "dns-allowed-by-allow-dns" and a.line == 4 and a.sql_line == 12
     assert a.expect == "all" and a.min_flows == 3 and a.severity == "warn"
-    assert a.asserts == ("allowed_by(egress_allowed_by, 'allow-dns')", "verdict IN ('FORWARDED', 'REDIRECTED')")
+    assert a.asserts == (
+        "allowed_by(egress_allowed_by, 'allow-dns')",
+        "verdict IN ('FORWARDED', 'REDIRECTED')",
+    )
     assert a.condition.count(" AND ") == 1 and a.assert_lines == (8, 9)
     assert a.sql.startswith("SELECT * FROM policy_verdicts") and ";" not in a.sql
     assert "-- keep: a SQL comment" in a.sql  # comments inside the SQL are SQL, not settings
@@ -96,30 +99,69 @@ def test_unknown_file_lists_shipped_ones():
 
 
 BAD = [
-    ("-- rule: r\n-- why: w\n-- expect: none\n-- severty: warn\nSELECT 1", 4, "unknown setting 'severty'"),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\n-- severty: warn\nSELECT 1",
+        4,
+        "unknown setting 'severty'",
+    ),
     ("-- rule: r\n-- expect: none\nSELECT 1", 1, "missing '-- why:'"),
     ("-- rule: r\n-- why:\n-- expect: none\nSELECT 1", 1, "missing '-- why:'"),
     ("-- rule: r\n-- why: w\n-- expect: none\n", 1, "missing SELECT"),
     ("-- rule: r\n-- why: w\n-- expect: none\n-- only a comment\n", 1, "missing SELECT"),
-    ("-- rule: r\n-- why: w\n-- expect: none\nSELECT 1;\nSELECT 2;", 5, "two statements in one rule"),
-    ("-- rule: r\n-- why: w\n-- expect: none\nSELECT 1; DROP VIEW flows", 4, "two statements in one rule"),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\nSELECT 1;\nSELECT 2;",
+        5,
+        "two statements in one rule",
+    ),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\nSELECT 1; DROP VIEW flows",
+        4,
+        "two statements in one rule",
+    ),
     ("-- rule: r\n-- why: w\n-- expect: some\nSELECT 1", 3, "bad expect 'some'"),
     ("-- rule: r\n-- why: w\n-- expect: at_least 0\nSELECT 1", 3, "bad expect 'at_least 0'"),
     ("-- rule: r\n-- why: w\n-- expect: at_least\nSELECT 1", 3, "bad expect 'at_least'"),
     ("-- rule: r\n-- why: w\nSELECT 1", 1, "missing '-- expect:'"),
     ("-- rule: r\n-- why: w\n-- expect: all\nSELECT 1", 3, "needs at least one '-- assert:'"),
-    ("-- rule: r\n-- why: w\n-- expect: none\n-- assert: true\nSELECT 1", 4, "only applies to expect: all"),
-    ("-- rule: r\n-- why: w\n-- expect: none\n-- min_flows: 2\nSELECT 1", 4, "min_flows has no meaning"),
-    ("-- rule: r\n-- why: w\n-- expect: at_least 2\n-- min_flows: 2\nSELECT 1", 4, "use at_least N alone"),
-    ("-- rule: r\n-- why: w\n-- expect: all\n-- assert: true\n-- min_flows: x\nSELECT 1", 5, "bad min_flows 'x'"),
-    ("-- rule: r\n-- why: w\n-- expect: none\n-- severity: fatal\nSELECT 1", 4, "bad severity 'fatal'"),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\n-- assert: true\nSELECT 1",
+        4,
+        "only applies to expect: all",
+    ),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\n-- min_flows: 2\nSELECT 1",
+        4,
+        "min_flows has no meaning",
+    ),
+    (
+        "-- rule: r\n-- why: w\n-- expect: at_least 2\n-- min_flows: 2\nSELECT 1",
+        4,
+        "use at_least N alone",
+    ),
+    (
+        "-- rule: r\n-- why: w\n-- expect: all\n-- assert: true\n-- min_flows: x\nSELECT 1",
+        5,
+        "bad min_flows 'x'",
+    ),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\n-- severity: fatal\nSELECT 1",
+        4,
+        "bad severity 'fatal'",
+    ),
     ("-- rule: r\n-- why: w\n-- why: v\n-- expect: none\nSELECT 1", 3, "'-- why:' given twice"),
     ("-- rule: r\n-- why: w\n-- expect: none\nSELECT 1\n-- why: late\n", 5, "after the SQL"),
-    ("-- rule: r\n-- why: w\n-- expect: none\nSELECT 1\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 2",
-     5, "duplicate rule name"),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\nSELECT 1\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 2",
+        5,
+        "duplicate rule name",
+    ),
     ("-- rule: bad name!\n-- why: w\n-- expect: none\nSELECT 1", 1, "bad rule name"),
     ("-- rule: r\n-- why: w\n-- expect: none\nDELETE FROM flows", 4, "not DELETE"),
-    ("-- rule: r\n-- why: w\n-- expect: none\nSELECT *\nFROM flows\nWHERE a = = 1", 6, "SQL syntax"),
+    (
+        "-- rule: r\n-- why: w\n-- expect: none\nSELECT *\nFROM flows\nWHERE a = = 1",
+        6,
+        "SQL syntax",
+    ),
     ("-- rule: r\n-- why: w\n-- expect: all\n-- assert:\nSELECT 1", 4, "empty '-- assert:'"),
 ]
 
@@ -137,12 +179,28 @@ def test_parse_errors_name_file_line_and_rule(text: str, line: int, what: str):
 @pytest.mark.parametrize(
     "text,line,what",
     [
-        ("SELECT 1\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 1", 1, "SQL before the first '-- rule:'"),
+        (
+            "SELECT 1\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 1",
+            1,
+            "SQL before the first '-- rule:'",
+        ),
         ("-- why: w\n-- rule: r\n", 1, "'-- why:' before the first '-- rule:'"),
         ("-- just a comment\n", 1, "no rules"),
-        ("-- rule: r\n-- why: w\n-- expect: none\nSELECT 1\n-- flowpipe: stage=1\n", 5, "must come before"),
-        ("-- flowpipe: stage=1 colour=red\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 1", 1, "colour=red"),
-        ("-- flowpipe: title=\"unterminated\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 1", 1, "bad '-- flowpipe:'"),
+        (
+            "-- rule: r\n-- why: w\n-- expect: none\nSELECT 1\n-- flowpipe: stage=1\n",
+            5,
+            "must come before",
+        ),
+        (
+            "-- flowpipe: stage=1 colour=red\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 1",
+            1,
+            "colour=red",
+        ),
+        (
+            '-- flowpipe: title="unterminated\n-- rule: r\n-- why: w\n-- expect: none\nSELECT 1',
+            1,
+            "bad '-- flowpipe:'",
+        ),
     ],
 )
 def test_file_level_errors_name_file_and_line(text: str, line: int, what: str):

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.reliability
 
 @pytest.fixture
 def filled(store: Store, captures) -> Store:
-    flows, events = decode.split_responses(decode.decode_responses([c.SerializeToString() for c in captures]))
+    flows, events = decode.split_responses(
+        decode.decode_responses([c.SerializeToString() for c in captures])
+    )
     store.write("cluster1", storage.to_storage(flows), events)
     return store
 
@@ -32,7 +34,11 @@ def secret(tmp_path: Path) -> Path:
 
 
 def checksums(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_file(store: Store) -> str:
@@ -44,7 +50,7 @@ HOSTILE = [
     ("SELECT * FROM read_csv('{secret}')", "read_csv()"),
     ("SELECT * FROM read_csv_auto('{secret}')", "read_csv_auto()"),
     ("SELECT * FROM READ_CSV('{secret}')", "read_csv()"),
-    ('SELECT * FROM "read_csv"(\'{secret}\')', "read_csv()"),
+    ("SELECT * FROM \"read_csv\"('{secret}')", "read_csv()"),
     ("SELECT * FROM read_text('{secret}')", "read_text()"),
     ("SELECT * FROM read_blob('{secret}')", "read_blob()"),
     ("SELECT * FROM read_json('{secret}')", "read_json()"),
@@ -59,7 +65,10 @@ HOSTILE = [
     ("SELECT * FROM 'https://example.com/flows.parquet'", "table 'https://"),
     ("SELECT * FROM read_parquet('s3://bucket/flows.parquet')", "read_parquet()"),
     ("SELECT * FROM read_csv('http://example.com/x.csv')", "read_csv()"),
-    ("SELECT * FROM flows WHERE src_pod IN (SELECT content FROM read_text('{secret}'))", "read_text()"),
+    (
+        "SELECT * FROM flows WHERE src_pod IN (SELECT content FROM read_text('{secret}'))",
+        "read_text()",
+    ),
     ("WITH s AS (SELECT * FROM read_text('{secret}')) SELECT * FROM s", "read_text()"),
     ("ATTACH '{tmp}/x.db' AS x", "not ATTACH"),
     ("COPY (SELECT 1) TO '{store}/flows/evil.csv'", "not COPY"),
@@ -95,7 +104,10 @@ HOSTILE = [
     ("SELECT * FROM memory.main.flows", "qualified table name"),
     ("SELECT main.has_label(src_labels, 'x') FROM flows", "qualified function name"),
     ("SELECT * FROM pragma_database_list", "table 'pragma_database_list'"),
-    ("SELECT * FROM (WITH duckdb_tables AS (SELECT 1) SELECT 1), duckdb_tables", "table 'duckdb_tables'"),
+    (
+        "SELECT * FROM (WITH duckdb_tables AS (SELECT 1) SELECT 1), duckdb_tables",
+        "table 'duckdb_tables'",
+    ),
     ("DESCRIBE flows", "DESCRIBE/SHOW/SUMMARIZE"),
     ("SUMMARIZE flows", "DESCRIBE/SHOW/SUMMARIZE"),
     ("SHOW TABLES", "DESCRIBE/SHOW/SUMMARIZE"),
@@ -104,15 +116,23 @@ HOSTILE = [
 
 def fill(sql: str, store: Store, secret: Path, tmp: Path) -> str:
     file = one_file(store) if store.files() else ""
-    return sql.replace("{secret}", str(secret)).replace("{store}", str(store.root)).replace(
-        "{file}", file).replace("{tmp}", str(tmp))
+    return (
+        sql.replace("{secret}", str(secret))
+        .replace("{store}", str(store.root))
+        .replace("{file}", file)
+        .replace("{tmp}", str(tmp))
+    )
 
 
 @pytest.mark.parametrize("sql,what", HOSTILE, ids=[h[0][:48] for h in HOSTILE])
-def test_hostile_rule_is_refused_and_store_unchanged(filled: Store, secret: Path, tmp_path: Path, sql: str, what: str):
+def test_hostile_rule_is_refused_and_store_unchanged(
+    filled: Store, secret: Path, tmp_path: Path, sql: str, what: str
+):
     before = checksums(filled.root)
     text = "-- rule: fine\n-- why: w\n-- expect: none\nSELECT * FROM flows\n\n"
-    text += "-- rule: evil\n-- why: w\n-- expect: none\n" + fill(sql, filled, secret, tmp_path) + "\n"
+    text += (
+        "-- rule: evil\n-- why: w\n-- expect: none\n" + fill(sql, filled, secret, tmp_path) + "\n"
+    )
     path = tmp_path / "hostile.sql"
     path.write_text(text)
     with pytest.raises(RuleError) as err:
@@ -134,21 +154,29 @@ def test_hostile_rule_is_refused_and_store_unchanged(filled: Store, secret: Path
         ("verdict = 'x' AND current_setting('threads') > 0", "current_setting()"),
     ],
 )
-def test_hostile_assert_is_refused(filled: Store, secret: Path, tmp_path: Path, expr: str, what: str):
+def test_hostile_assert_is_refused(
+    filled: Store, secret: Path, tmp_path: Path, expr: str, what: str
+):
     before = checksums(filled.root)
     path = tmp_path / "a.sql"
     path.write_text(
-        "-- rule: evil\n-- why: w\n-- expect: all\n-- assert: " + fill(expr, filled, secret, tmp_path) + "\nSELECT * FROM flows\n"
+        "-- rule: evil\n-- why: w\n-- expect: all\n-- assert: "
+        + fill(expr, filled, secret, tmp_path)
+        + "\nSELECT * FROM flows\n"
     )
     with pytest.raises(RuleError) as err:
         check.run_check(filled, [str(path)])
-    assert str(err.value).startswith(f"{path}:4: rule evil: ") and what in str(err.value), str(err.value)
+    assert str(err.value).startswith(f"{path}:4: rule evil: ") and what in str(err.value), str(
+        err.value
+    )
     assert checksums(filled.root) == before
 
 
 def test_plain_rules_over_every_view_are_accepted():
     for name in sorted(sandbox.view_names()):
-        sandbox.check_sql(f"WITH x AS (SELECT * FROM {name}) SELECT * FROM x, range(2) r, unnest([1]) u", "t")
+        sandbox.check_sql(
+            f"WITH x AS (SELECT * FROM {name}) SELECT * FROM x, range(2) r, unnest([1]) u", "t"
+        )
 
 
 # ------------------------------------------------------------------ the connection itself
@@ -183,7 +211,9 @@ def box(filled: Store):
         "SELECT * FROM secret_table",
     ],
 )
-def test_connection_refuses_even_without_static_checks(box, filled: Store, secret: Path, tmp_path: Path, sql: str):
+def test_connection_refuses_even_without_static_checks(
+    box, filled: Store, secret: Path, tmp_path: Path, sql: str
+):
     secret_table = duckdb.sql("SELECT 'hunter2' AS password").arrow()  # noqa: F841 - a replacement-scan target
     before = checksums(filled.root)
     with pytest.raises(duckdb.Error):

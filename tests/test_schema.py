@@ -124,6 +124,8 @@ def test_c_encoder_matches_python_reference(captures):
     stored = storage.to_storage(flows)
     fast = [flow_pb2.Flow.FromString(b) for b in storage.encode_flows(stored)]
     table = storage.from_storage(stored)
-    struct = pa.StructArray.from_arrays([table.column(f.name).combine_chunks() for f in spec.flow_type()],
-                                        fields=list(spec.flow_type()))
+    struct = pa.StructArray.from_arrays(
+        [table.column(f.name).combine_chunks() for f in spec.flow_type()],
+        fields=list(spec.flow_type()),
+    )
     assert fast == storage._flows_python(struct) == [m.flow for m in msgs]

@@ -25,12 +25,19 @@ NS = 1_000_000_000
 T0 = 1_700_000_000
 
 
-def _resp(i: int, *, node: str = "node-a", pod: str = "p", verdict: str = "FORWARDED") -> observer_pb2.GetFlowsResponse:
-    flow = json_format.ParseDict({
-        "uuid": f"00000000-0000-4000-8000-{i:012d}",
-        "node_name": node, "verdict": verdict, "source": {"namespace": "ns", "pod_name": f"{pod}-{i}"},
-        "IP": {"source": "10.0.0.1", "destination": "10.0.0.2", "ipVersion": "IPv4"},
-    }, flow_pb2.Flow())
+def _resp(
+    i: int, *, node: str = "node-a", pod: str = "p", verdict: str = "FORWARDED"
+) -> observer_pb2.GetFlowsResponse:
+    flow = json_format.ParseDict(
+        {
+            "uuid": f"00000000-0000-4000-8000-{i:012d}",
+            "node_name": node,
+            "verdict": verdict,
+            "source": {"namespace": "ns", "pod_name": f"{pod}-{i}"},
+            "IP": {"source": "10.0.0.1", "destination": "10.0.0.2", "ipVersion": "IPv4"},
+        },
+        flow_pb2.Flow(),
+    )
     flow.time.seconds, flow.time.nanos = T0 + i // 10, (i % 10) * 100_000_000
     return observer_pb2.GetFlowsResponse(flow=flow, node_name=node, time=flow.time)
 
@@ -43,10 +50,16 @@ def _ts(i: int):
 @pytest.fixture
 def served(store: Store):
     """40 flows (uuids 0..39, 100 ms apart), odd ones DROPPED, in clusters c1 and c2; and a client."""
-    write_responses(store, [_resp(i, verdict="DROPPED" if i % 2 else "FORWARDED") for i in range(0, 40, 2)],
-                    cluster="c1")
-    write_responses(store, [_resp(i, verdict="DROPPED" if i % 2 else "FORWARDED") for i in range(1, 40, 2)],
-                    cluster="c2")
+    write_responses(
+        store,
+        [_resp(i, verdict="DROPPED" if i % 2 else "FORWARDED") for i in range(0, 40, 2)],
+        cluster="c1",
+    )
+    write_responses(
+        store,
+        [_resp(i, verdict="DROPPED" if i % 2 else "FORWARDED") for i in range(1, 40, 2)],
+        cluster="c2",
+    )
     server = FlowServer(store, "127.0.0.1:0", poll_interval=0.05)
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -56,7 +69,9 @@ def served(store: Store):
 
 
 def ids(stub, **kw) -> list[int]:
-    return [int(r.flow.uuid[-12:]) for r in stub.GetFlows(Req(**kw), timeout=20) if r.HasField("flow")]
+    return [
+        int(r.flow.uuid[-12:]) for r in stub.GetFlows(Req(**kw), timeout=20) if r.HasField("flow")
+    ]
 
 
 DROPPED = [flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])]
@@ -75,7 +90,10 @@ def test_request_semantics(served):
     assert ids(stub, since=_ts(10), until=_ts(12)) == [10, 11, 12]
     assert ids(stub, since=_ts(10), number=3) == [10, 11, 12]  # quirk: the FIRST N after since
     assert ids(stub, since=_ts(10), number=3, first=True) == [10, 11, 12]
-    assert ids(stub, number=5, until=_ts(36)) == [35, 36]  # last N of the whole ring, then cut at until
+    assert ids(stub, number=5, until=_ts(36)) == [
+        35,
+        36,
+    ]  # last N of the whole ring, then cut at until
     assert ids(stub, number=1000) == list(range(40))
     assert ids(stub, number=2**64 - 1) == list(range(40))  # hubble --all
 
@@ -151,13 +169,17 @@ def test_follow_is_not_fooled_by_compaction(served):
     stub, store = served
     follower = Follower(stub, Req(follow=True, number=40))
     follower.wait_for(40)
-    report = compact.compact(store, now=(T0 + 3 * 3600) * NS, min_files=1)  # the hour is long closed
+    report = compact.compact(
+        store, now=(T0 + 3 * 3600) * NS, min_files=1
+    )  # the hour is long closed
     assert report.merged_files >= 2
     write_responses(store, [_resp(i) for i in range(40, 42)], cluster="c1")
     follower.wait_for(42)
     time.sleep(0.5)
     try:
-        assert sorted(follower.ids()) == list(range(42))  # every flow once, the merged ones not again
+        assert sorted(follower.ids()) == list(
+            range(42)
+        )  # every flow once, the merged ones not again
     finally:
         follower.close()
     assert sorted(ids(stub, number=100)) == list(range(42))  # history after compaction: complete
@@ -178,7 +200,9 @@ def test_lost_events_are_served_in_time_order(served):
     stub, store = served
     lost = observer_pb2.GetFlowsResponse(
         lost_events=flow_pb2.LostEvent(source=flow_pb2.PERF_EVENT_RING_BUFFER, num_events_lost=7),
-        node_name="node-a", time=_ts(20))
+        node_name="node-a",
+        time=_ts(20),
+    )
     lost.lost_events.cpu.value = 1
     flows, events = decode.split_responses(decode.decode_responses([lost.SerializeToString()]))
     store.write("c1", None, events)
@@ -204,7 +228,10 @@ def test_served_jsonpb_equals_the_capture(tmp_path, port):
         server.stop()
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     unique = {json.dumps(d, sort_keys=True) for d in lines}
-    served = [json.dumps(json_format.MessageToDict(r, preserving_proto_field_name=True), sort_keys=True) for r in got]
+    served = [
+        json.dumps(json_format.MessageToDict(r, preserving_proto_field_name=True), sort_keys=True)
+        for r in got
+    ]
     assert report.flows == len(unique) == len(got)
     assert sorted(served) == sorted(unique)  # field for field what hubble printed
     times = [(r.time.seconds, r.time.nanos) for r in got]
@@ -213,14 +240,22 @@ def test_served_jsonpb_equals_the_capture(tmp_path, port):
 
 def test_response_bytes_match_protobuf(captures):
     for r in captures[:50]:
-        assert response_bytes(r.flow) == observer_pb2.GetFlowsResponse(
-            flow=r.flow, node_name=r.flow.node_name, time=r.flow.time).SerializeToString()
+        assert (
+            response_bytes(r.flow)
+            == observer_pb2.GetFlowsResponse(
+                flow=r.flow, node_name=r.flow.node_name, time=r.flow.time
+            ).SerializeToString()
+        )
 
 
 def test_status_nodes_namespaces(served):
     stub, _ = served
     st = stub.ServerStatus(observer_pb2.ServerStatusRequest())
-    assert st.num_flows == 40 and st.version.startswith("flowpipe ") and st.num_connected_nodes.value == 2
+    assert (
+        st.num_flows == 40
+        and st.version.startswith("flowpipe ")
+        and st.num_connected_nodes.value == 2
+    )
     nodes = stub.GetNodes(observer_pb2.GetNodesRequest()).nodes
     assert sorted(n.name for n in nodes) == ["c1/node-a", "c2/node-a"]
     assert sum(n.num_flows for n in nodes) == 40
@@ -248,8 +283,11 @@ def test_tls_and_mtls(tmp_path, store, port):
     pki = relay_pki(tmp_path / "pki")
     write_responses(store, [_resp(i) for i in range(3)], cluster="c1")
     cert = pki["server_localhost"]
-    server = FlowServer(store, f"127.0.0.1:{port}",
-                        tls=ServerTLS(str(cert.cert), str(cert.key), str(pki["ca"].path)))
+    server = FlowServer(
+        store,
+        f"127.0.0.1:{port}",
+        tls=ServerTLS(str(cert.cert), str(cert.key), str(pki["ca"].path)),
+    )
     server.start()
     try:
         ca = pki["ca"].path.read_bytes()
@@ -258,7 +296,10 @@ def test_tls_and_mtls(tmp_path, store, port):
         with grpc.secure_channel(f"localhost:{port}", good) as ch:
             assert ids(observer_pb2_grpc.ObserverStub(ch)) == [0, 1, 2]
         no_client_cert = grpc.ssl_channel_credentials(ca)
-        with grpc.secure_channel(f"localhost:{port}", no_client_cert) as ch, pytest.raises(grpc.RpcError):
+        with (
+            grpc.secure_channel(f"localhost:{port}", no_client_cert) as ch,
+            pytest.raises(grpc.RpcError),
+        ):
             ids(observer_pb2_grpc.ObserverStub(ch))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, pytest.raises(grpc.RpcError):
             ids(observer_pb2_grpc.ObserverStub(ch))

@@ -21,7 +21,9 @@ def build(root: Path, stage: int, **kw) -> Store:
     store.ensure()
     for cluster, responses in lab.generate_lab(stage, clusters=CLUSTERS, seed=7, **kw).items():
         if responses:
-            flows, events = decode.split_responses(decode.decode_responses([r.SerializeToString() for r in responses]))
+            flows, events = decode.split_responses(
+                decode.decode_responses([r.SerializeToString() for r in responses])
+            )
             store.write(cluster, storage.to_storage(flows), events)
     return store
 
@@ -55,13 +57,19 @@ def test_stage_file_passes_on_its_own_stage(stores, stage: int):
     assert not rep.errors()
     for cluster in CLUSTERS:
         assert has_traffic(stores[(stage, None)], cluster), cluster
-        assert failing(rep, cluster) == set(), [r.message for r in rep.results if r.status != "pass"]
+        assert failing(rep, cluster) == set(), [
+            r.message for r in rep.results if r.status != "pass"
+        ]
 
 
 # (stage file, lab stage) -> rules that must fail on cluster1, the cluster every stage drives
 MUST_FAIL = {
     (1, 2): {"dns-allowed-by-allow-all"},
-    (1, 3): {"dns-allowed-by-allow-all", "fe-be-egress-allowed-by-allow-all", "fe-be-ingress-allowed-by-allow-all"},
+    (1, 3): {
+        "dns-allowed-by-allow-all",
+        "fe-be-egress-allowed-by-allow-all",
+        "fe-be-ingress-allowed-by-allow-all",
+    },
     (1, 4): {"fe-be-egress-allowed-by-allow-all", "fe-be-ingress-allowed-by-allow-all"},
     (1, 5): {"fe-be-ingress-allowed-by-allow-all", "no-policy-drops-in-shop"},
     (2, 1): {"dns-through-proxy", "dns-verdict-by-allow-dns", "backend-name-resolved"},
@@ -76,9 +84,19 @@ MUST_FAIL = {
     (4, 2): {"fe-be-ingress-redirected-by-allow-frontend-l7", "status-200-forwarded"},
     (4, 3): {"fe-be-ingress-redirected-by-allow-frontend-l7", "no-l4-bypass"},
     (4, 5): {"no-policy-drops-in-shop"},
-    (5, 1): {"no-allow-all", "dns-allowed-by-allow-dns", "world-egress-denied", "other-paths-denied"},
+    (5, 1): {
+        "no-allow-all",
+        "dns-allowed-by-allow-dns",
+        "world-egress-denied",
+        "other-paths-denied",
+    },
     (5, 2): {"status-200-forwarded", "world-egress-denied"},
-    (5, 3): {"no-allow-all", "no-l4-bypass", "no-forwarded-to-world", "fe-be-ingress-by-allow-frontend-l7"},
+    (5, 3): {
+        "no-allow-all",
+        "no-l4-bypass",
+        "no-forwarded-to-world",
+        "fe-be-ingress-by-allow-frontend-l7",
+    },
     (5, 4): {"other-paths-denied", "world-egress-denied"},
 }
 
@@ -93,12 +111,23 @@ def test_stage_file_fails_on_other_stages_naming_the_rules(stores, stage: int, d
 
 
 VARIANT_FAILS = {
-    "allow-all-left": {"no-allow-all", "no-forwarded-to-world", "world-egress-denied", "other-paths-denied"},
+    "allow-all-left": {
+        "no-allow-all",
+        "no-forwarded-to-world",
+        "world-egress-denied",
+        "other-paths-denied",
+    },
     "l4-ingress-left": {"no-l4-bypass", "other-paths-denied"},
     "no-allow-dns": {"dns-allowed-by-allow-dns", "backend-name-resolved"},
-    "no-traffic": {"dns-allowed-by-allow-dns", "backend-name-resolved", "status-200-forwarded",
-                   "fe-be-egress-by-allow-frontend-egress", "fe-be-ingress-by-allow-frontend-l7",
-                   "other-paths-denied", "world-egress-denied"},
+    "no-traffic": {
+        "dns-allowed-by-allow-dns",
+        "backend-name-resolved",
+        "status-200-forwarded",
+        "fe-be-egress-by-allow-frontend-egress",
+        "fe-be-ingress-by-allow-frontend-l7",
+        "other-paths-denied",
+        "world-egress-denied",
+    },
 }
 
 
@@ -110,7 +139,10 @@ def test_stage5_fails_on_every_broken_variant(stores, variant: str):
     if variant == "no-traffic":  # the vacuous case: nothing violated, nothing proven
         assert all(r.violations == 0 for r in rep.results)
         assert {r.rule for r in rep.results if r.status == "pass"} == {
-            "no-forwarded-to-world", "no-allow-all", "no-l4-bypass"}
+            "no-forwarded-to-world",
+            "no-allow-all",
+            "no-l4-bypass",
+        }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -140,13 +172,26 @@ def test_recent_window_like_the_guide_uses(tmp_path: Path):
     start = datetime.now(UTC) - timedelta(minutes=10)
     store = build(tmp_path / "store", 5, start_ns=int(start.timestamp()) * 1_000_000_000)
     assert check.run_check(store, ["stage5.sql"], since="15m").passed()
-    late = check.run_check(store, ["stage5.sql"], since="1m")  # the lab's traffic is older: no evidence
+    late = check.run_check(
+        store, ["stage5.sql"], since="1m"
+    )  # the lab's traffic is older: no evidence
     assert not late.passed() and all(r.violations == 0 for r in late.results)
 
 
 def _outcome(rep: check.CheckReport) -> list[tuple]:
-    return [(r.rule, r.cluster, r.status, r.evidence, r.violations, r.message, len(r.samples),
-             [s.get("time") for s in r.samples]) for r in rep.results]
+    return [
+        (
+            r.rule,
+            r.cluster,
+            r.status,
+            r.evidence,
+            r.violations,
+            r.message,
+            len(r.samples),
+            [s.get("time") for s in r.samples],
+        )
+        for r in rep.results
+    ]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
@@ -157,11 +202,15 @@ def test_one_scan_evaluation_equals_rule_by_rule(stores, stage: int, monkeypatch
         together = check.run_check(store, [f"stage{stage}.sql"], clusters=list(CLUSTERS), samples=3)
         with monkeypatch.context() as m:
             m.setattr(check, "_evaluate_together", lambda *a, **k: {})
-            alone = check.run_check(store, [f"stage{stage}.sql"], clusters=list(CLUSTERS), samples=3)
+            alone = check.run_check(
+                store, [f"stage{stage}.sql"], clusters=list(CLUSTERS), samples=3
+            )
         assert _outcome(together) == _outcome(alone), key
     # the shared path was taken (it is the one this test is about)
     seen = []
     real = check._evaluate_together
-    monkeypatch.setattr(check, "_evaluate_together", lambda *a, **k: seen.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        check, "_evaluate_together", lambda *a, **k: seen.append(1) or real(*a, **k)
+    )
     check.run_check(stores[(stage, None)], [f"stage{stage}.sql"], clusters=list(CLUSTERS))
     assert seen

@@ -28,7 +28,9 @@ def make_flows(n: int, start_ns: int, step_ns: int = 1_000_000, with_uuid: bool 
         m.flow.node_name = "node-a"
         m.flow.l4.TCP.destination_port = 80 + i % 3
         msgs.append(m)
-    flows, events = decode.split_responses(decode.decode_responses([m.SerializeToString() for m in msgs]))
+    flows, events = decode.split_responses(
+        decode.decode_responses([m.SerializeToString() for m in msgs])
+    )
     return msgs, flows, events
 
 
@@ -43,7 +45,9 @@ def test_open_requires_existing_store(tmp_path, monkeypatch):
 
 
 def test_write_partitions_by_cluster_and_hour(store):
-    start = 1_700_000_000 * 1_000_000_000 // HOUR * HOUR + HOUR - 5_000_000_000  # 5 s before an hour ends
+    start = (
+        1_700_000_000 * 1_000_000_000 // HOUR * HOUR + HOUR - 5_000_000_000
+    )  # 5 s before an hour ends
     msgs, flows, events = make_flows(100, start, step_ns=100_000_000)  # spans 10 s: two hours
     result = store.write("cluster1", storage.to_storage(flows), events)
     assert len(result.files) == 2
@@ -116,8 +120,15 @@ def test_clean_incoming_spares_a_live_writer_and_removes_a_dead_ones(store):
     import subprocess
     import sys
 
-    live = subprocess.Popen([sys.executable, "-c", _HOLD, str(store.root), "60"], stdout=subprocess.PIPE, text=True)
-    dead = subprocess.run([sys.executable, "-c", _HOLD, str(store.root), "0"], stdout=subprocess.PIPE, text=True, check=True)
+    live = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(store.root), "60"], stdout=subprocess.PIPE, text=True
+    )
+    dead = subprocess.run(
+        [sys.executable, "-c", _HOLD, str(store.root), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
     try:
         live_tmp = Path(live.stdout.readline().strip())
         dead_tmp = Path(dead.stdout.strip())
@@ -144,8 +155,15 @@ def test_ensure_and_writes_from_many_processes_never_collide(tmp_path):
         "    s.clean_incoming()\n"
     )
     root = tmp_path / "s"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parent.parent) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(root)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for _ in range(4)
+    ]
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errs
     assert sum(pq.read_metadata(f).num_rows for f in Store(root).files()) == 4 * 5 * 50

@@ -46,10 +46,17 @@ def test_tls_with_server_name_override(pki, store):
 
 
 def test_mtls(pki, store):
-    server = ServerTLS(str(pki["server"].cert), str(pki["server"].key), client_ca_file=str(pki["ca"].path))
+    server = ServerTLS(
+        str(pki["server"].cert), str(pki["server"].key), client_ca_file=str(pki["ca"].path)
+    )
     with ReplayServer(responses=make_responses(50), follow=True, tls=server) as relay:
-        cfg = tls_config(relay.address, ca_files=[str(pki["ca"].path)], server_name=RELAY_NAME,
-                         cert_file=str(pki["client"].cert), key_file=str(pki["client"].key))
+        cfg = tls_config(
+            relay.address,
+            ca_files=[str(pki["ca"].path)],
+            server_name=RELAY_NAME,
+            cert_file=str(pki["client"].cert),
+            key_file=str(pki["client"].key),
+        )
         with Running(cfg, store) as run:
             wait_for(lambda: stored_count(run, "c1") == 50, what="flows over mTLS")
             run.stop()
@@ -61,9 +68,16 @@ def test_mtls(pki, store):
 )
 def test_tls_fails_closed(pki, store, tmp_path, case):
     server_pair = pki["expired"] if case == "expired" else pki["server"]
-    tls = None if case == "plaintext-server" else ServerTLS(str(server_pair.cert), str(server_pair.key))
+    tls = (
+        None
+        if case == "plaintext-server"
+        else ServerTLS(str(server_pair.cert), str(server_pair.key))
+    )
     ca = pki["other_ca"].path if case == "wrong-ca" else pki["ca"].path
-    kwargs = {"ca_files": [str(ca)], "server_name": "relay.example.com" if case == "wrong-server-name" else RELAY_NAME}
+    kwargs = {
+        "ca_files": [str(ca)],
+        "server_name": "relay.example.com" if case == "wrong-server-name" else RELAY_NAME,
+    }
     if case == "missing-key":
         kwargs.update(cert_file=str(pki["client"].cert), key_file=str(tmp_path / "absent.key"))
     if case == "not-pem":
@@ -89,12 +103,21 @@ def stored_count_zero(store) -> bool:
 def test_relay_demanding_a_client_cert_is_reported(pki, store):
     """Without a client certificate the relay hangs up after the handshake, which looks like any
     dropped connection to a client: it is logged and counted, and retried, never connected."""
-    server = ServerTLS(str(pki["server"].cert), str(pki["server"].key), client_ca_file=str(pki["ca"].path))
+    server = ServerTLS(
+        str(pki["server"].cert), str(pki["server"].key), client_ca_file=str(pki["ca"].path)
+    )
     with ReplayServer(responses=make_responses(5), follow=True, tls=server) as relay:
         cfg = tls_config(relay.address, ca_files=[str(pki["ca"].path)], server_name=RELAY_NAME)
         with Running(cfg, store) as run:
-            wait_for(lambda: run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE") >= 2,
-                     what="refused attempts")
+            wait_for(
+                lambda: (
+                    run.metric(
+                        "flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE"
+                    )
+                    >= 2
+                ),
+                what="refused attempts",
+            )
             assert run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0
             run.stop()
     assert store.files() == []
@@ -113,8 +136,15 @@ def test_rotated_certificates_used_at_next_reconnect(pki, store, tmp_path):
             shutil.copy(pki["other_ca"].path, ca_path)
             relay.stop()
             relay.restart()
-            wait_for(lambda: run.metric("flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE") >= 2,
-                     what="handshake failures after rotation")
+            wait_for(
+                lambda: (
+                    run.metric(
+                        "flowpipe_collector_stream_errors_total", cluster="c1", code="UNAVAILABLE"
+                    )
+                    >= 2
+                ),
+                what="handshake failures after rotation",
+            )
             assert run.metric("flowpipe_collector_relay_connected", cluster="c1") == 0
             # rotate back: the next dial picks it up without restarting the collector
             shutil.copy(pki["ca"].path, ca_path)

@@ -34,7 +34,10 @@ def test_friendly_columns_on_real_captures(store):
         "SELECT dns_query, l7_type, src_port, dst_port FROM l7_dns WHERE l7_type = 'REQUEST' LIMIT 1",
     )
     assert rows[0][0].endswith(".") and rows[0][3] == 53
-    _, rows = query.fetch(store, "SELECT http_method, http_path, http_code FROM l7_http WHERE http_code IS NOT NULL LIMIT 1")
+    _, rows = query.fetch(
+        store,
+        "SELECT http_method, http_path, http_code FROM l7_http WHERE http_code IS NOT NULL LIMIT 1",
+    )
     assert rows[0][0] in ("GET", "POST") and rows[0][1].startswith("/") and 100 <= rows[0][2] < 600
     _, rows = query.fetch(store, "SELECT tcp_flags FROM flows WHERE 'SYN' = ANY(tcp_flags) LIMIT 1")
     assert "SYN" in rows[0][0]
@@ -47,8 +50,15 @@ def test_macros():
     labels = "['k8s:app=frontend', 'k8s:io.kubernetes.pod.namespace=shop', 'reserved:host']"
     q = lambda sel: con.execute(f"SELECT has_label({labels}, '{sel}')").fetchone()[0]  # noqa: E731
     assert q("app=frontend") and q("k8s:app=frontend") and q("io.kubernetes.pod.namespace=shop")
-    assert q("reserved:host") and not q("app=backend") and not q("namespace=shop") and q("any:app=frontend")
-    assert con.execute("SELECT allowed_by(['allow-dns'], 'allow-dns'), http_status_class(403)").fetchone() == (True, "4xx")
+    assert (
+        q("reserved:host")
+        and not q("app=backend")
+        and not q("namespace=shop")
+        and q("any:app=frontend")
+    )
+    assert con.execute(
+        "SELECT allowed_by(['allow-dns'], 'allow-dns'), http_status_class(403)"
+    ).fetchone() == (True, "4xx")
 
 
 def test_database_file_opens_in_duckdb(store):
@@ -67,7 +77,12 @@ def test_same_schema_compares_footers(tmp_path):
 
     from flowpipe.store.layout import PARQUET_OPTIONS
 
-    base = pa.table({"a": pa.array([1, 2], pa.int64()), "b": pa.array([{"x": "s"}, None], pa.struct([("x", pa.string())]))})
+    base = pa.table(
+        {
+            "a": pa.array([1, 2], pa.int64()),
+            "b": pa.array([{"x": "s"}, None], pa.struct([("x", pa.string())])),
+        }
+    )
     paths = []
     for i, table in enumerate([base, base.slice(1), base.slice(0, 1)]):
         paths.append(str(tmp_path / f"same-{i}.parquet"))
@@ -78,7 +93,9 @@ def test_same_schema_compares_footers(tmp_path):
     renamed = str(tmp_path / "renamed.parquet")
     pq.write_table(base.rename_columns(["a", "B"]), renamed, **PARQUET_OPTIONS)
     retyped = str(tmp_path / "retyped.parquet")
-    pq.write_table(base.set_column(0, "a", pa.array([1, 2], pa.int32())), retyped, **PARQUET_OPTIONS)
+    pq.write_table(
+        base.set_column(0, "a", pa.array([1, 2], pa.int32())), retyped, **PARQUET_OPTIONS
+    )
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 not really")
     for other in (wider, renamed, retyped, str(broken), str(tmp_path / "missing.parquet")):

@@ -44,7 +44,9 @@ def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
             raise RuntimeError(f"protoc failed with exit code {rc}")
         written = []
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "__init__.py").write_text(HEADER + '"""Generated Hubble API v1 protobuf modules."""\n')
+        (out_dir / "__init__.py").write_text(
+            HEADER + '"""Generated Hubble API v1 protobuf modules."""\n'
+        )
         written.append(out_dir / "__init__.py")
         for src in sorted(Path(tmp).rglob("*.py*")):
             rel = src.relative_to(tmp)

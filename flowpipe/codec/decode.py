@@ -38,7 +38,9 @@ def _assemble(typ: pa.DataType, node) -> pa.Array:
         return pa.StructArray.from_buffers(typ, length, [vbuf], nulls, children=children)
     if pa.types.is_list(typ):
         child = _assemble(typ.value_type, kids[0])
-        return pa.Array.from_buffers(typ, length, [vbuf, pa.py_buffer(values)], nulls, children=[child])
+        return pa.Array.from_buffers(
+            typ, length, [vbuf, pa.py_buffer(values)], nulls, children=[child]
+        )
     if pa.types.is_string(typ) or pa.types.is_binary(typ):
         bufs = [vbuf, pa.py_buffer(values), pa.py_buffer(data)]
         return pa.Array.from_buffers(typ, length, bufs, nulls)
@@ -114,7 +116,9 @@ def _decode_python(rows: Sequence[bytes]) -> Decoded:
         raws.append(None if exact else b)
     typ = response_type()
     arr = pa.array([message_to_dict(m) for m in msgs], typ)
-    fps = pa.array([python_fingerprint(m.flow) if m.HasField("flow") else 0 for m in msgs], pa.uint64())
+    fps = pa.array(
+        [python_fingerprint(m.flow) if m.HasField("flow") else 0 for m in msgs], pa.uint64()
+    )
     return Decoded(arr, fps, pa.array(raws, pa.binary()), errors)
 
 
@@ -241,11 +245,14 @@ def split_responses(dec: Decoded) -> tuple[pa.Table, pa.Table]:
         names=[*[f.name for f in flow_type()], "_fp", "_raw"],
     )
     events = pa.Table.from_arrays(
-        [arr.field("node_status"), arr.field("lost_events"), arr.field("node_name"), arr.field("time")],
+        [
+            arr.field("node_status"),
+            arr.field("lost_events"),
+            arr.field("node_name"),
+            arr.field("time"),
+        ],
         names=["node_status", "lost_events", "node_name", "time"],
     )
     if flow.null_count == 0:  # only flows, the usual case: no filter copy
         return flows, events.slice(0, 0)
     return flows.filter(has_flow), events.filter(pc.invert(has_flow))
-
-

@@ -26,7 +26,15 @@ from flowpipe.api.observer import observer_pb2
 from flowpipe.codec.spec import WRAPPERS
 
 # Hubble's names of policy match types and monitor event types
-MATCH_TYPES = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all", 5: "L3-Proto", 6: "Proto-Only"}
+MATCH_TYPES = {
+    0: "none",
+    1: "L3-Only",
+    2: "L3-L4",
+    3: "L4-Only",
+    4: "all",
+    5: "L3-Proto",
+    6: "Proto-Only",
+}
 EVENT_TYPES = {
     1: "drop",
     2: "debug",

@@ -145,5 +145,3 @@ def response_type() -> pa.StructType:
 def flow_type() -> pa.StructType:
     """Arrow type of a Flow: the stored flow columns."""
     return response_spec()[0].arrow["flow.Flow"]
-
-

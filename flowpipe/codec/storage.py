@@ -90,7 +90,9 @@ def to_storage(flows: pa.Table) -> pa.Table:
     else:
         packed16 = pa.array([_pack_uuid_py(u) for u in col.to_pylist()], UUID_TYPE)
     is_packed = packed16.is_valid()
-    flows = flows.set_column(flows.schema.get_field_index("uuid"), "uuid", pc.if_else(is_packed, "", col))
+    flows = flows.set_column(
+        flows.schema.get_field_index("uuid"), "uuid", pc.if_else(is_packed, "", col)
+    )
     fp = flows.column("_fp")
     fp = pc.if_else(pc.equal(col, ""), fp, pa.scalar(None, pa.uint64()))
     flows = flows.set_column(flows.schema.get_field_index("_fp"), "_fp", fp)
@@ -127,14 +129,22 @@ def from_storage(table: pa.Table) -> pa.Table:
             n,
         )
         strings = pa.Array.from_buffers(
-            pa.string(), n, [packed.buffers()[0] if packed.null_count else None, pa.py_buffer(offsets),
-                             pa.py_buffer(chars)], packed.null_count
+            pa.string(),
+            n,
+            [
+                packed.buffers()[0] if packed.null_count else None,
+                pa.py_buffer(offsets),
+                pa.py_buffer(chars),
+            ],
+            packed.null_count,
         )
     else:
         import uuid as _uuid
 
-        strings = pa.array([str(_uuid.UUID(bytes=b)) if b is not None else None for b in packed.to_pylist()],
-                           pa.string())
+        strings = pa.array(
+            [str(_uuid.UUID(bytes=b)) if b is not None else None for b in packed.to_pylist()],
+            pa.string(),
+        )
     uuid_col = pc.coalesce(strings, _as_array(table.column("uuid")))
     table = table.set_column(table.schema.get_field_index("uuid"), "uuid", uuid_col)
     return table.drop_columns(["_uuid"])
@@ -191,7 +201,6 @@ def _as_array(col) -> pa.Array:
     return col
 
 
-
 def storage_schema() -> pa.Schema:
     """Schema of stored flow files (flow fields, then _fp, _raw, _uuid)."""
     fields = list(flow_type()) + [pa.field("_fp", pa.uint64()), pa.field("_raw", pa.binary())]
@@ -201,4 +210,6 @@ def storage_schema() -> pa.Schema:
 def events_schema() -> pa.Schema:
     """Schema of stored event files (node_status and lost_events responses)."""
     rt = response_type()
-    return pa.schema([rt.field("node_status"), rt.field("lost_events"), rt.field("node_name"), rt.field("time")])
+    return pa.schema(
+        [rt.field("node_status"), rt.field("lost_events"), rt.field("node_name"), rt.field("time")]
+    )

@@ -125,20 +125,30 @@ class StoreCounters:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            log.warning("export state %s unreadable (%s): counting the store from scratch", self.path, exc)
+            log.warning(
+                "export state %s unreadable (%s): counting the store from scratch", self.path, exc
+            )
             return
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            log.warning("export state %s has another version: counting the store from scratch", self.path)
+            log.warning(
+                "export state %s has another version: counting the store from scratch", self.path
+            )
             return
         self.totals = data.get("totals", {})
-        self.parts = {k: _Part(v["files"], v["agg"], v.get("newest_ns")) for k, v in data.get("parts", {}).items()}
+        self.parts = {
+            k: _Part(v["files"], v["agg"], v.get("newest_ns"))
+            for k, v in data.get("parts", {}).items()
+        }
 
     def save(self) -> None:
         """Write the state atomically (a read-only store keeps it in memory only)."""
         data = {
             "version": STATE_VERSION,
             "totals": self.totals,
-            "parts": {k: {"files": p.files, "agg": p.agg, "newest_ns": p.newest_ns} for k, p in self.parts.items()},
+            "parts": {
+                k: {"files": p.files, "agg": p.agg, "newest_ns": p.newest_ns}
+                for k, p in self.parts.items()
+            },
         }
         tmp = self.path.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
         try:
@@ -151,7 +161,9 @@ class StoreCounters:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if not self._warned_readonly:
-                log.warning("cannot save export state to %s (%s): a restart will recount", self.path, exc)
+                log.warning(
+                    "cannot save export state to %s (%s): a restart will recount", self.path, exc
+                )
                 self._warned_readonly = True
 
     # ------------------------------------------------------------------ counting
@@ -161,15 +173,21 @@ class StoreCounters:
         with self.store.read_lock():  # no compaction swap between listing and reading
             listing = {kind: _list(self.store, kind) for kind in (FLOWS, EVENTS)}
             clusters = set(self.store.clusters())
-            work: dict[str, tuple[list[str], list[str]]] = {}  # kind -> (new files, partitions to recount)
+            work: dict[
+                str, tuple[list[str], list[str]]
+            ] = {}  # kind -> (new files, partitions to recount)
             for kind, parts in listing.items():
                 new_files, recount = [], []
                 for key, files in parts.items():
                     known = self.parts[key].files if key in self.parts else {}
                     if any(name not in files for name in known):
-                        recount.append(key)  # compaction merged files: recount the partition, add the difference
+                        recount.append(
+                            key
+                        )  # compaction merged files: recount the partition, add the difference
                     else:
-                        new_files += [str(self.store.root / key / n) for n in files if n not in known]
+                        new_files += [
+                            str(self.store.root / key / n) for n in files if n not in known
+                        ]
                 work[kind] = (new_files, recount)
             if any(n or r for n, r in work.values()):
                 self._count(listing, work)
@@ -180,7 +198,11 @@ class StoreCounters:
         self.health = _health(self.store, listing, self.parts, clusters)
         self.save()
 
-    def _count(self, listing: dict[str, dict[str, dict[str, float]]], work: dict[str, tuple[list[str], list[str]]]) -> None:
+    def _count(
+        self,
+        listing: dict[str, dict[str, dict[str, float]]],
+        work: dict[str, tuple[list[str], list[str]]],
+    ) -> None:
         con = duckdb.connect(":memory:", config={"memory_limit": self.memory_limit, "threads": 2})
         try:
             for kind, (new_files, recount) in work.items():
@@ -195,7 +217,9 @@ class StoreCounters:
                         key, name = path[len(str(self.store.root)) + 1 :].rsplit("/", 1)
                         self.parts.setdefault(key, _Part()).files[name] = _rows(path)
                 if recount:
-                    paths = [str(self.store.root / k / n) for k in recount for n in listing[kind][k]]
+                    paths = [
+                        str(self.store.root / k / n) for k in recount for n in listing[kind][k]
+                    ]
                     counts = self._query(con, kind, paths, sql)
                     for key in recount:
                         part = self.parts[key]
@@ -203,13 +227,17 @@ class StoreCounters:
                         self._advance(key, _difference(now, part.agg))
                         part.agg = {m: dict(s) for m, s in now.items() if m != "_newest"}
                         part.newest_ns = _newest(now) or part.newest_ns
-                        part.files = {n: _rows(str(self.store.root / key / n)) for n in listing[kind][key]}
+                        part.files = {
+                            n: _rows(str(self.store.root / key / n)) for n in listing[kind][key]
+                        }
         except duckdb.Error as exc:
             raise StoreError(f"store {self.store.root}: counting flows failed: {exc}") from exc
         finally:
             con.close()
 
-    def _query(self, con: duckdb.DuckDBPyConnection, kind: str, paths: list[str], queries: dict[str, str]) -> dict[str, Agg]:
+    def _query(
+        self, con: duckdb.DuckDBPyConnection, kind: str, paths: list[str], queries: dict[str, str]
+    ) -> dict[str, Agg]:
         """partition key -> metric -> labels -> count, over the given files only."""
         # the empty schema files give every column even when the listed files predate some
         files = {k: _schema_files(self.store, k) for k in (FLOWS, EVENTS)}
@@ -241,7 +269,11 @@ class StoreCounters:
             for labels, n in series.items():
                 if n <= 0:
                     continue
-                if metric == "port_distribution" and labels not in target and len(target) >= MAX_PORTS:
+                if (
+                    metric == "port_distribution"
+                    and labels not in target
+                    and len(target) >= MAX_PORTS
+                ):
                     labels = labels.split(SEP)[0] + SEP + "other"
                 target[labels] = target.get(labels, 0) + n
 
@@ -281,7 +313,10 @@ def _difference(now: Agg, before: Agg) -> Agg:
 
 
 def _schema_files(store: Store, kind: str) -> list[str]:
-    return [str(p) for p in sorted((store.root / kind / f"cluster={SCHEMA_CLUSTER}").glob("*/*/*.parquet"))]
+    return [
+        str(p)
+        for p in sorted((store.root / kind / f"cluster={SCHEMA_CLUSTER}").glob("*/*/*.parquet"))
+    ]
 
 
 def _list(store: Store, kind: str) -> dict[str, dict[str, float]]:
@@ -306,7 +341,9 @@ def _list(store: Store, kind: str) -> dict[str, dict[str, float]]:
 
 def _subdirs(path: Path, prefix: str) -> list[Path]:
     try:
-        return sorted(Path(e.path) for e in os.scandir(path) if e.name.startswith(prefix) and e.is_dir())
+        return sorted(
+            Path(e.path) for e in os.scandir(path) if e.name.startswith(prefix) and e.is_dir()
+        )
     except OSError:
         return []
 
@@ -318,7 +355,9 @@ def _rows(path: str) -> int:
         return 0
 
 
-def _health(store: Store, listing: dict, parts: dict[str, _Part], clusters: set[str]) -> dict[str, ClusterHealth]:
+def _health(
+    store: Store, listing: dict, parts: dict[str, _Part], clusters: set[str]
+) -> dict[str, ClusterHealth]:
     out = {c: ClusterHealth() for c in clusters}
     for kind, by_part in listing.items():
         for key, files in by_part.items():

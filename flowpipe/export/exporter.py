@@ -29,7 +29,9 @@ log = logging.getLogger("flowpipe.export")
 
 STATUSES = ("pass", "warn", "fail", "error")
 _RANK = {s: i for i, s in enumerate(STATUSES)}
-HEALTHY_INTERVALS = 3  # /healthz fails when the last good evaluation is older than this many intervals
+HEALTHY_INTERVALS = (
+    3  # /healthz fails when the last good evaluation is older than this many intervals
+)
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,18 @@ class Exporter:
         live: CollectorRegistry | None = None,
     ):
         if interval <= 0 or window <= 0:
-            raise ConfigError(f"--interval and --window must be positive (got {interval:g}s, {window:g}s)")
+            raise ConfigError(
+                f"--interval and --window must be positive (got {interval:g}s, {window:g}s)"
+            )
         self.store = store
         self.paths = [str(p) for p in rule_paths]
         for rf in rules_mod.load(self.paths):  # refuse unusable rule files before serving anything
             check.validate(rf)
         self.interval, self.window = interval, window
         self.rule_timeout, self.memory_limit = rule_timeout, memory_limit
-        self.live = live  # the in-process collector's registry, rendered per scrape (it is live state)
+        self.live = (
+            live  # the in-process collector's registry, rendered per scrape (it is live state)
+        )
         self.counters = StoreCounters(store, memory_limit=memory_limit)
         self.results: list[check.RuleResult] = []
         self.stage_status: dict[tuple[str, str], str] = {}
@@ -116,7 +122,9 @@ class Exporter:
             log.error("evaluation failed: %s", self.last_error)
         else:
             self.last_success, self.last_error = time.time(), None
-        self._snapshot = _render(self._families())  # one reference swap: scrapes see old or new, never half
+        self._snapshot = _render(
+            self._families()
+        )  # one reference swap: scrapes see old or new, never half
         return not problems
 
     def _check(self) -> None:
@@ -140,7 +148,13 @@ class Exporter:
     def _families(self) -> list:
         m = EXPORTER_METRICS
         status, evidence, violations, duration = (
-            m[n].family() for n in ("rule_status", "rule_evidence_flows", "rule_violation_flows", "rule_duration_seconds")
+            m[n].family()
+            for n in (
+                "rule_status",
+                "rule_evidence_flows",
+                "rule_violation_flows",
+                "rule_duration_seconds",
+            )
         )
         worst: dict[tuple[str, str, str], check.RuleResult] = {}
         for r in self.results:  # two files may name a rule alike within a stage: report the worse
@@ -166,13 +180,22 @@ class Exporter:
         for kind, n in sorted(self.errors.items()):
             errors.add_metric([kind], n)
         fams.append(errors)
-        health = {n: m[n].family() for n in ("store_flows", "store_files", "store_newest_flow_timestamp_seconds",
-                                              "store_last_flush_timestamp_seconds")}
+        health = {
+            n: m[n].family()
+            for n in (
+                "store_flows",
+                "store_files",
+                "store_newest_flow_timestamp_seconds",
+                "store_last_flush_timestamp_seconds",
+            )
+        }
         for cluster, h in sorted(self.counters.health.items()):
             health["store_flows"].add_metric([cluster], h.flows)
             health["store_files"].add_metric([cluster], h.files)
             if h.newest_ns:
-                health["store_newest_flow_timestamp_seconds"].add_metric([cluster], h.newest_ns / 1e9)
+                health["store_newest_flow_timestamp_seconds"].add_metric(
+                    [cluster], h.newest_ns / 1e9
+                )
             if h.last_flush:
                 health["store_last_flush_timestamp_seconds"].add_metric([cluster], h.last_flush)
         fams += health.values()
@@ -207,8 +230,14 @@ class Exporter:
             return False, f"no evaluation has finished yet{why}"
         age = time.time() - self.last_success
         if age > HEALTHY_INTERVALS * self.interval:
-            return False, f"last good evaluation {age:.0f}s ago (more than {HEALTHY_INTERVALS} x {self.interval:g}s){why}"
-        return True, f"ok: last evaluation finished {age:.0f}s ago, {len(self.results)} rule results"
+            return (
+                False,
+                f"last good evaluation {age:.0f}s ago (more than {HEALTHY_INTERVALS} x {self.interval:g}s){why}",
+            )
+        return (
+            True,
+            f"ok: last evaluation finished {age:.0f}s ago, {len(self.results)} rule results",
+        )
 
     def serve(self, listen: str) -> str:
         """Serve /metrics and /healthz on listen in a background thread; return the bound HOST:PORT."""
@@ -237,7 +266,9 @@ class Exporter:
                 log.exception("evaluation crashed")
             next_at += self.interval
             now = time.monotonic()
-            if next_at < now:  # an evaluation longer than the interval: start the next one right away
+            if (
+                next_at < now
+            ):  # an evaluation longer than the interval: start the next one right away
                 next_at = now
             self._stop.wait(next_at - now)
 
@@ -278,7 +309,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, body: bytes, ctype: str, gzipped: bool = False) -> None:
         # one write for headers and body: the cheapest response http.server can make
-        head = [f"HTTP/1.1 {code} {self.responses[code][0]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
+        head = [
+            f"HTTP/1.1 {code} {self.responses[code][0]}",
+            f"Content-Type: {ctype}",
+            f"Content-Length: {len(body)}",
+        ]
         if gzipped:
             head.append("Content-Encoding: gzip")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
@@ -313,13 +348,21 @@ def run(
         from flowpipe.ingest import config as cfgmod
 
         cfg = cfgmod.from_dict(cfgmod.load_file(collect_config), collect_config)
-        cfg.store, cfg.metrics_listen = str(store.root), None  # one store, one /metrics: the exporter's
+        cfg.store, cfg.metrics_listen = (
+            str(store.root),
+            None,
+        )  # one store, one /metrics: the exporter's
         cfgmod.validate(cfg)
         store.ensure()
         collector = collect_mod.Collector(cfg, store)
     exporter = Exporter(
-        store, rule_paths, interval=interval, window=window, rule_timeout=rule_timeout,
-        memory_limit=memory_limit, live=collector.registry if collector else None,
+        store,
+        rule_paths,
+        interval=interval,
+        window=window,
+        rule_timeout=rule_timeout,
+        memory_limit=memory_limit,
+        live=collector.registry if collector else None,
     )
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -344,7 +387,9 @@ def run(
         exporter.start()
         if on_ready:
             extra = " (with the collector's metrics)" if collector else ""
-            on_ready(f"serving http://{bound}/metrics{extra} and /healthz; evaluating every {interval:g}s over {window:g}s")
+            on_ready(
+                f"serving http://{bound}/metrics{extra} and /healthz; evaluating every {interval:g}s over {window:g}s"
+            )
         while not stop.wait(0.5):
             pass
     finally:

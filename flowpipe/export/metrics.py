@@ -16,10 +16,18 @@ class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry):
         ns = NAMESPACE
         self.flows_received = Counter(
-            "collector_flows_received", "Flows received from Relay.", ["cluster"], namespace=ns, registry=registry
+            "collector_flows_received",
+            "Flows received from Relay.",
+            ["cluster"],
+            namespace=ns,
+            registry=registry,
         )
         self.flows_stored = Counter(
-            "collector_flows_stored", "Flows committed to the store.", ["cluster"], namespace=ns, registry=registry
+            "collector_flows_stored",
+            "Flows committed to the store.",
+            ["cluster"],
+            namespace=ns,
+            registry=registry,
         )
         self.duplicates = Counter(
             "collector_duplicate_flows",
@@ -57,7 +65,11 @@ class CollectorMetrics:
             registry=registry,
         )
         self.reconnects = Counter(
-            "collector_reconnects", "Times the stream was re-dialled.", ["cluster"], namespace=ns, registry=registry
+            "collector_reconnects",
+            "Times the stream was re-dialled.",
+            ["cluster"],
+            namespace=ns,
+            registry=registry,
         )
         self.stream_errors = Counter(
             "collector_stream_errors",
@@ -153,30 +165,116 @@ EXPORTER_METRICS: dict[str, MetricSpec] = {
     s.name: s
     for s in (
         # conformance, from the last evaluation of every rule file over the --window
-        MetricSpec("rule_status", "gauge", "1 for the rule's current status (pass, warn, fail, error), 0 for the others.", (*_S, "status")),
-        MetricSpec("rule_evidence_flows", "gauge", "Flows in the rule's scope in the window (rows of its SELECT).", _S),
+        MetricSpec(
+            "rule_status",
+            "gauge",
+            "1 for the rule's current status (pass, warn, fail, error), 0 for the others.",
+            (*_S, "status"),
+        ),
+        MetricSpec(
+            "rule_evidence_flows",
+            "gauge",
+            "Flows in the rule's scope in the window (rows of its SELECT).",
+            _S,
+        ),
         MetricSpec("rule_violation_flows", "gauge", "Flows in the window that break the rule.", _S),
-        MetricSpec("rule_duration_seconds", "gauge", "Time the rule took in the last evaluation.", _S),
-        MetricSpec("stage_conformant", "gauge", "1 when every error-severity rule of the stage passes on the cluster, 0 on a failure or error.", ("stage", "cluster")),
-        MetricSpec("evaluation_duration_seconds", "gauge", "Time the last evaluation (rules and store scan) took.", ()),
-        MetricSpec("evaluation_last_success_timestamp_seconds", "gauge", "When the last evaluation finished without error.", ()),
-        MetricSpec("evaluation_window_seconds", "gauge", "Width of the time window rules are evaluated over (--window).", ()),
+        MetricSpec(
+            "rule_duration_seconds", "gauge", "Time the rule took in the last evaluation.", _S
+        ),
+        MetricSpec(
+            "stage_conformant",
+            "gauge",
+            "1 when every error-severity rule of the stage passes on the cluster, 0 on a failure or error.",
+            ("stage", "cluster"),
+        ),
+        MetricSpec(
+            "evaluation_duration_seconds",
+            "gauge",
+            "Time the last evaluation (rules and store scan) took.",
+            (),
+        ),
+        MetricSpec(
+            "evaluation_last_success_timestamp_seconds",
+            "gauge",
+            "When the last evaluation finished without error.",
+            (),
+        ),
+        MetricSpec(
+            "evaluation_window_seconds",
+            "gauge",
+            "Width of the time window rules are evaluated over (--window).",
+            (),
+        ),
         MetricSpec("evaluations", "counter", "Evaluations run since the exporter started.", ()),
-        MetricSpec("evaluation_errors", "counter", "Evaluation errors: kind=rule (a rule could not run), check (rule files unusable), store (flow counting failed).", ("kind",)),
+        MetricSpec(
+            "evaluation_errors",
+            "counter",
+            "Evaluation errors: kind=rule (a rule could not run), check (rule files unusable), store (flow counting failed).",
+            ("kind",),
+        ),
         # store health, from file listings and Parquet statistics
-        MetricSpec("store_flows", "gauge", "Flows currently in the store (retention lowers it).", _RC),
+        MetricSpec(
+            "store_flows", "gauge", "Flows currently in the store (retention lowers it).", _RC
+        ),
         MetricSpec("store_files", "gauge", "Parquet files of flows currently in the store.", _RC),
-        MetricSpec("store_newest_flow_timestamp_seconds", "gauge", "Time of the newest stored flow.", _RC),
-        MetricSpec("store_last_flush_timestamp_seconds", "gauge", "Modification time of the newest file of the cluster (last commit).", _RC),
-        MetricSpec("store_lost_events", "counter", "Events Hubble/Relay reported lost (sum of LostEvent.num_events_lost in the store), by source.", (*_RC, "source")),
+        MetricSpec(
+            "store_newest_flow_timestamp_seconds", "gauge", "Time of the newest stored flow.", _RC
+        ),
+        MetricSpec(
+            "store_last_flush_timestamp_seconds",
+            "gauge",
+            "Modification time of the newest file of the cluster (last commit).",
+            _RC,
+        ),
+        MetricSpec(
+            "store_lost_events",
+            "counter",
+            "Events Hubble/Relay reported lost (sum of LostEvent.num_events_lost in the store), by source.",
+            (*_RC, "source"),
+        ),
         # flow counters with Hubble's label meanings (hubble_* metrics of pkg/hubble/metrics)
-        MetricSpec("flows_processed", "counter", "Flows stored, like hubble_flows_processed_total: type L7/Drop/Capture/Trace/PolicyVerdict/Unknown.", (*_RC, "type", "subtype", "verdict", "protocol")),
-        MetricSpec("drop", "counter", "Dropped flows by drop reason and protocol, like hubble_drop_total.", (*_RC, "reason", "protocol")),
-        MetricSpec("tcp_flags", "counter", "Forwarded/redirected TCP flows by flag (FIN, SYN, SYN-ACK, RST) and family, like hubble_tcp_flags_total.", (*_RC, "flag", "family")),
-        MetricSpec("port_distribution", "counter", "Forwarded/redirected non-reply flows by destination port (first 100 per cluster, then port=other), like hubble_port_distribution_total.", (*_RC, "protocol", "port")),
-        MetricSpec("l7_flows", "counter", "L7 flows by protocol (HTTP, DNS, Kafka) and type (REQUEST, RESPONSE, SAMPLE).", (*_RC, "protocol", "type")),
-        MetricSpec("http_responses", "counter", "HTTP responses by method and status code, like hubble_http_responses_total.", (*_RC, "method", "status")),
-        MetricSpec("policy_verdicts", "counter", "Policy verdicts by direction, match and action (lowercase), like hubble_policy_verdicts_total.", (*_RC, "direction", "match", "action")),
+        MetricSpec(
+            "flows_processed",
+            "counter",
+            "Flows stored, like hubble_flows_processed_total: type L7/Drop/Capture/Trace/PolicyVerdict/Unknown.",
+            (*_RC, "type", "subtype", "verdict", "protocol"),
+        ),
+        MetricSpec(
+            "drop",
+            "counter",
+            "Dropped flows by drop reason and protocol, like hubble_drop_total.",
+            (*_RC, "reason", "protocol"),
+        ),
+        MetricSpec(
+            "tcp_flags",
+            "counter",
+            "Forwarded/redirected TCP flows by flag (FIN, SYN, SYN-ACK, RST) and family, like hubble_tcp_flags_total.",
+            (*_RC, "flag", "family"),
+        ),
+        MetricSpec(
+            "port_distribution",
+            "counter",
+            "Forwarded/redirected non-reply flows by destination port (first 100 per cluster, then port=other), like hubble_port_distribution_total.",
+            (*_RC, "protocol", "port"),
+        ),
+        MetricSpec(
+            "l7_flows",
+            "counter",
+            "L7 flows by protocol (HTTP, DNS, Kafka) and type (REQUEST, RESPONSE, SAMPLE).",
+            (*_RC, "protocol", "type"),
+        ),
+        MetricSpec(
+            "http_responses",
+            "counter",
+            "HTTP responses by method and status code, like hubble_http_responses_total.",
+            (*_RC, "method", "status"),
+        ),
+        MetricSpec(
+            "policy_verdicts",
+            "counter",
+            "Policy verdicts by direction, match and action (lowercase), like hubble_policy_verdicts_total.",
+            (*_RC, "direction", "match", "action"),
+        ),
     )
 }
 

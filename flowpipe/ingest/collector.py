@@ -27,8 +27,19 @@ from flowpipe.store.writer import StreamWriter
 
 log = logging.getLogger("flowpipe.collect")
 
-NODE_STATES = {0: "UNKNOWN_NODE_STATE", 1: "NODE_CONNECTED", 2: "NODE_UNAVAILABLE", 3: "NODE_GONE", 4: "NODE_ERROR"}
-LOST_SOURCES = {0: "UNKNOWN_LOST_EVENT_SOURCE", 1: "PERF_EVENT_RING_BUFFER", 2: "OBSERVER_EVENTS_QUEUE", 3: "HUBBLE_RING_BUFFER"}
+NODE_STATES = {
+    0: "UNKNOWN_NODE_STATE",
+    1: "NODE_CONNECTED",
+    2: "NODE_UNAVAILABLE",
+    3: "NODE_GONE",
+    4: "NODE_ERROR",
+}
+LOST_SOURCES = {
+    0: "UNKNOWN_LOST_EVENT_SOURCE",
+    1: "PERF_EVENT_RING_BUFFER",
+    2: "OBSERVER_EVENTS_QUEUE",
+    3: "HUBBLE_RING_BUFFER",
+}
 
 
 DECODE_BATCH = 8192  # rows decoded (and written as one row group) at a time
@@ -53,12 +64,18 @@ class ClusterState:
     writer: StreamWriter | None = None  # open files of decoded, deduplicated, uncommitted flows
     pending_keys: list = field(default_factory=list)  # dedup keys of the rows in the open files
     newest_ns: int | None = None  # newest flow time decoded (resume point)
-    committed_ns: int | None = None  # newest flow time committed (resume point after a store failure)
+    committed_ns: int | None = (
+        None  # newest flow time committed (resume point after a store failure)
+    )
     unstored: int = 0  # flows dropped by store failures since the last successful commit
     failures: int = 0
-    resend_until: int | None = None  # after a (re)connect: keep dedup keys until flows pass this time
+    resend_until: int | None = (
+        None  # after a (re)connect: keep dedup keys until flows pass this time
+    )
     stream_newest: int | None = None  # newest flow time decoded since the last (re)connect
-    paused: bool = False  # after a store failure, until the stream re-dials: drop what still arrives
+    paused: bool = (
+        False  # after a store failure, until the stream re-dials: drop what still arrives
+    )
     stored: int = 0
     lost: int = 0
     window_flows: int = 0
@@ -101,7 +118,9 @@ class Collector:
             log.info("removed %d temporary files left by an interrupted writer", n)
 
         for relay in self.cfg.relays:
-            st = ClusterState(relay=relay, deduper=Deduper(), writer=StreamWriter(self.store, relay.cluster))
+            st = ClusterState(
+                relay=relay, deduper=Deduper(), writer=StreamWriter(self.store, relay.cluster)
+            )
             last = self.store.last_time(relay.cluster)
             if last is not None:
                 st.newest_ns = st.committed_ns = last
@@ -173,7 +192,12 @@ class Collector:
             m.relay_connected.labels(cluster).set(1)
             if detail != "first":
                 m.reconnects.labels(cluster).inc()
-            log.info("[%s] streaming from %s%s", cluster, st.relay.address, "" if detail == "first" else " (resumed)")
+            log.info(
+                "[%s] streaming from %s%s",
+                cluster,
+                st.relay.address,
+                "" if detail == "first" else " (resumed)",
+            )
         elif kind == "disconnected":
             m.relay_connected.labels(cluster).set(0)
         elif kind == "error":
@@ -182,8 +206,19 @@ class Collector:
             # a relay that is down fails every attempt: say so at once, then once a minute
             now = time.monotonic()
             if detail != st.last_error or now - st.last_error_logged >= 60:
-                repeated = f" (x{st.error_repeats + 1} since last logged)" if detail == st.last_error else ""
-                log.warning("[%s] relay %s: %s: %s; retrying%s", cluster, st.relay.address, code, text, repeated)
+                repeated = (
+                    f" (x{st.error_repeats + 1} since last logged)"
+                    if detail == st.last_error
+                    else ""
+                )
+                log.warning(
+                    "[%s] relay %s: %s: %s; retrying%s",
+                    cluster,
+                    st.relay.address,
+                    code,
+                    text,
+                    repeated,
+                )
                 st.last_error, st.last_error_logged, st.error_repeats = detail, now, 0
             else:
                 st.error_repeats += 1
@@ -210,8 +245,12 @@ class Collector:
         if now < st.retry_at and not force:
             return  # the store failed: the stream is paused until retry_at
         interval = self.cfg.flush_interval
-        due = (force or st.sync_requested or (st.rows and now - st.first_row_at >= interval)
-               or (st.writer.opened_at is not None and now - st.writer.opened_at >= interval))
+        due = (
+            force
+            or st.sync_requested
+            or (st.rows and now - st.first_row_at >= interval)
+            or (st.writer.opened_at is not None and now - st.writer.opened_at >= interval)
+        )
         started = time.perf_counter()
         decoded = 0
         ok = True
@@ -235,7 +274,9 @@ class Collector:
             self._commit(st)
         self.metrics.buffered.labels(st.relay.cluster).set(st.buffered)
         if decoded:
-            self.metrics.flush_seconds.labels(st.relay.cluster).observe(time.perf_counter() - started)
+            self.metrics.flush_seconds.labels(st.relay.cluster).observe(
+                time.perf_counter() - started
+            )
             pa.default_memory_pool().release_unused()  # give freed batch memory back to the OS
 
     def _decode_into_files(self, st: ClusterState, rows: list[bytes]) -> bool:
@@ -299,7 +340,9 @@ class Collector:
                 st.deduper.clear()
         return True
 
-    def _store_failed(self, st: ClusterState, exc: StoreError, keys: list, uncommitted: int) -> None:
+    def _store_failed(
+        self, st: ClusterState, exc: StoreError, keys: list, uncommitted: int
+    ) -> None:
         """Drop what was not committed and ask Relay for it again once the store may work."""
         cluster = st.relay.cluster
         now = time.monotonic()
@@ -318,8 +361,13 @@ class Collector:
             st.stream.pause(st.retry_delay)
         self.metrics.flush_errors.labels(cluster).inc()
         if now - st.store_error_logged >= 30:
-            log.error("[%s] %s; %d uncommitted flows dropped from memory, asking Relay for them again in %.1fs",
-                      cluster, exc, dropped, st.retry_delay)
+            log.error(
+                "[%s] %s; %d uncommitted flows dropped from memory, asking Relay for them again in %.1fs",
+                cluster,
+                exc,
+                dropped,
+                st.retry_delay,
+            )
             st.store_error_logged = now
 
     def _count_events(self, st: ClusterState, events: pa.Table) -> None:
@@ -338,7 +386,13 @@ class Collector:
                 state = NODE_STATES.get(status["state_change"], str(status["state_change"]))
                 self.metrics.node_status.labels(cluster, state).inc()
                 if state in ("NODE_UNAVAILABLE", "NODE_ERROR", "NODE_GONE"):
-                    log.warning("[%s] %s: %s %s", cluster, state, ", ".join(status["node_names"]), status["message"])
+                    log.warning(
+                        "[%s] %s: %s %s",
+                        cluster,
+                        state,
+                        ", ".join(status["node_names"]),
+                        status["message"],
+                    )
 
     def _due(self, st: ClusterState, now: float) -> bool:
         if now < st.retry_at:
@@ -347,7 +401,9 @@ class Collector:
             return True
         if st.rows and now - st.first_row_at >= self.cfg.flush_interval:
             return True
-        return st.writer.opened_at is not None and now - st.writer.opened_at >= self.cfg.flush_interval
+        return (
+            st.writer.opened_at is not None and now - st.writer.opened_at >= self.cfg.flush_interval
+        )
 
     # ------------------------------------------------------------------ main loop
 
@@ -375,7 +431,9 @@ class Collector:
                 on_message=lambda raw, st=st: self._on_message(st, raw),
                 on_event=lambda kind, detail, st=st: self._on_event(st, kind, detail),
             )
-            st.thread = threading.Thread(target=self._run_stream, args=(st,), name=f"stream-{st.relay.cluster}", daemon=True)
+            st.thread = threading.Thread(
+                target=self._run_stream, args=(st,), name=f"stream-{st.relay.cluster}", daemon=True
+            )
             st.thread.start()
         last_progress = time.monotonic()
         last_compact = time.monotonic()
@@ -407,8 +465,12 @@ class Collector:
                     break  # the store still refuses: stop trying
             unstored += st.unstored
             if st.unstored:
-                log.error("[%s] %d flows received since the last commit could not be stored; the next "
-                          "start asks Relay for them again", st.relay.cluster, st.unstored)
+                log.error(
+                    "[%s] %d flows received since the last commit could not be stored; the next "
+                    "start asks Relay for them again",
+                    st.relay.cluster,
+                    st.unstored,
+                )
         if self.fatal:
             raise CollectError(self.fatal)
         return unstored
@@ -418,7 +480,9 @@ class Collector:
         for name, st in self.clusters.items():
             rate = st.window_flows / elapsed if elapsed > 0 else 0.0
             state = "connected" if st.stream and st.stream.state.connected else "disconnected"
-            parts.append(f"{name}: {rate:,.0f} flows/s, {st.stored:,} stored, {st.lost} lost, {state}")
+            parts.append(
+                f"{name}: {rate:,.0f} flows/s, {st.stored:,} stored, {st.lost} lost, {state}"
+            )
             st.window_flows = 0
         log.info("progress: %s", "; ".join(parts))
 
@@ -430,12 +494,23 @@ class Collector:
             if self._compactor.poll() is None:
                 return
             self._reap_compaction()
-        cmd = [sys.executable, "-m", "flowpipe.cli", "compact", "--store", str(self.store.root), "--no-wait",
-               "--settle", f"{self.cfg.compact_settle}s"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "flowpipe.cli",
+            "compact",
+            "--store",
+            str(self.store.root),
+            "--no-wait",
+            "--settle",
+            f"{self.cfg.compact_settle}s",
+        ]
         if self.cfg.keep is not None:
             cmd += ["--keep", f"{self.cfg.keep}s"]
         try:
-            self._compactor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._compactor = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
         except OSError as exc:
             log.error("compaction could not start: %s", exc)
 
@@ -465,6 +540,7 @@ class Collector:
             self._compactor.kill()
         self._reap_compaction()
 
+
 def _fmt_ns(ns: int) -> str:
     from datetime import datetime
 
@@ -475,7 +551,11 @@ def _write_database(store: Store) -> None:
     """Refresh <store>/flowpipe.duckdb in a short-lived process: DuckDB stays out of the
     collector's memory (about 50 MB of a long-running process)."""
     code = "import sys; from flowpipe.store.layout import Store; from flowpipe.views import catalog; catalog.write_database(Store(sys.argv[1]))"
-    res = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(store.root)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-        raise StoreError(lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb")
+        raise StoreError(
+            lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb"
+        )

@@ -18,7 +18,16 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|k|m|g)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+}
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
@@ -73,17 +82,25 @@ class CollectConfig:
     flush_interval: float = 2.0  # seconds between commits of buffered flows
     flush_rows: int = 30_000  # commit earlier when this many flows are buffered
     max_buffer_bytes: int = 32 * 1024 * 1024  # per cluster: stop reading its relay beyond this
-    keepalive: float = 30.0  # HTTP/2 ping interval; a dead peer is noticed after keepalive + timeout
+    keepalive: float = (
+        30.0  # HTTP/2 ping interval; a dead peer is noticed after keepalive + timeout
+    )
     keepalive_timeout: float = 10.0
     idle_timeout: float = 0.0  # re-dial when a stream delivers nothing for this long (0 = off)
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     resume_overlap: float = 10.0  # ask Relay for this much before the last stored flow
-    since: str | None = None  # first start, no stored flows: how far back to ask (None = all Relay holds)
+    since: str | None = (
+        None  # first start, no stored flows: how far back to ask (None = all Relay holds)
+    )
     metrics_listen: str | None = None
-    compact_every: float = 60.0  # run compaction (closed hours, open hours' small files) this often (0 = never)
-    compact_settle: float = 30.0  # open hours: committed files wait this long before a merge takes them
+    compact_every: float = (
+        60.0  # run compaction (closed hours, open hours' small files) this often (0 = never)
+    )
+    compact_settle: float = (
+        30.0  # open hours: committed files wait this long before a merge takes them
+    )
     keep: float | None = None  # retention in seconds (None = keep everything)
     progress_every: float = 5.0
     quiet: bool = False
@@ -92,7 +109,9 @@ class CollectConfig:
 def parse_relay(text: str) -> tuple[str, str]:
     """'cluster1=127.0.0.1:4245' -> ('cluster1', '127.0.0.1:4245')."""
     if "=" not in text:
-        raise ConfigError(f"invalid --relay {text!r}: expected CLUSTER=HOST:PORT, e.g. cluster1=localhost:4245")
+        raise ConfigError(
+            f"invalid --relay {text!r}: expected CLUSTER=HOST:PORT, e.g. cluster1=localhost:4245"
+        )
     cluster, address = text.split("=", 1)
     cluster, address = cluster.strip(), address.strip()
     try:
@@ -225,10 +244,14 @@ def validate(cfg: CollectConfig) -> CollectConfig:
     seen: dict[str, str] = {}
     for r in cfg.relays:
         if r.cluster in seen:
-            raise ConfigError(f"cluster {r.cluster} is bound to two relays ({seen[r.cluster]}, {r.address})")
+            raise ConfigError(
+                f"cluster {r.cluster} is bound to two relays ({seen[r.cluster]}, {r.address})"
+            )
         seen[r.cluster] = r.address
         if bool(r.tls.cert_file) != bool(r.tls.key_file):
-            raise ConfigError(f"relay {r.name}: mTLS needs both a client certificate and a key file")
+            raise ConfigError(
+                f"relay {r.name}: mTLS needs both a client certificate and a key file"
+            )
     if cfg.flush_interval <= 0 or cfg.flush_interval > 5:
         raise ConfigError("flush interval must be greater than 0 and at most 5s")
     if cfg.backoff_initial <= 0 or cfg.backoff_max < cfg.backoff_initial:

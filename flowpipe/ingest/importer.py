@@ -79,7 +79,9 @@ def _cluster_of(msg: observer_pb2.GetFlowsResponse, default: str | None) -> str:
     return "default"
 
 
-def iter_responses(path: str, errors: list[str]) -> Iterator[tuple[int, observer_pb2.GetFlowsResponse | None]]:
+def iter_responses(
+    path: str, errors: list[str]
+) -> Iterator[tuple[int, observer_pb2.GetFlowsResponse | None]]:
     """(line number, response) for each line; None for skipped lines; errors appended as file:line."""
     name = "<stdin>" if path == "-" else path
     try:
@@ -166,7 +168,9 @@ def import_files(
             for s in staged:
                 store.discard(s)
             report.flows = report.events = report.duplicates = 0
-            raise InputError(f"{report.errors[0]} (--strict: nothing imported, {len(report.errors)} error(s))")
+            raise InputError(
+                f"{report.errors[0]} (--strict: nothing imported, {len(report.errors)} error(s))"
+            )
         for s in staged:
             store.publish(s)
         if report.flows or report.events:
@@ -184,4 +188,3 @@ def total_size(paths: list[str]) -> int | None:
         return sum(os.path.getsize(p) for p in paths if p != "-")
     except OSError:
         return None
-

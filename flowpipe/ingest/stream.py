@@ -83,7 +83,9 @@ class FlowStream:
     ):
         self.relay = relay
         self.cfg = cfg
-        self.resume_since = resume_since  # ns to ask from at each (re)connect, None = only new flows
+        self.resume_since = (
+            resume_since  # ns to ask from at each (re)connect, None = only new flows
+        )
         self.on_message = on_message
         self.on_event = on_event  # ("connected"|"error"|"idle"|"fatal", detail)
         self.state = StreamState()
@@ -141,7 +143,9 @@ class FlowStream:
             if self._resume_at > time.monotonic():
                 continue  # paused: no backoff on top
             attempt = 0 if received else attempt + 1
-            delay = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_initial * 2**attempt))
+            delay = random.uniform(
+                0, min(self.cfg.backoff_max, self.cfg.backoff_initial * 2**attempt)
+            )
             delay = max(delay, self.cfg.backoff_initial / 2)
             self._stop.wait(delay)
 
@@ -177,7 +181,9 @@ class FlowStream:
         watchdog = None
         try:
             call_fn = channel.unary_stream(
-                METHOD, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString, response_deserializer=None
+                METHOD,
+                request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+                response_deserializer=None,
             )
             call = call_fn(self.request(), timeout=None, wait_for_ready=False)
             with self._lock:
@@ -229,8 +235,14 @@ class FlowStream:
             return
         if code not in RETRYABLE:
             raise FatalStreamError(f"relay {self.relay.name}: {code.name}: {details}")
-        if code == grpc.StatusCode.UNAVAILABLE and is_tls_failure(details) and not self.state.ever_connected:
-            raise FatalStreamError(f"relay {self.relay.name}: TLS handshake failed: {_short(details)}")
+        if (
+            code == grpc.StatusCode.UNAVAILABLE
+            and is_tls_failure(details)
+            and not self.state.ever_connected
+        ):
+            raise FatalStreamError(
+                f"relay {self.relay.name}: TLS handshake failed: {_short(details)}"
+            )
         self._report_error(code.name, _short(details))
 
     def _report_error(self, code: str, detail: str) -> None:

@@ -13,9 +13,13 @@ def _read(path: str, relay: RelayConfig, what: str, marker: bytes) -> bytes:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise ConfigError(f"relay {relay.name}: cannot read {what} {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"relay {relay.name}: cannot read {what} {path}: {exc.strerror or exc}"
+        ) from exc
     if marker not in data:
-        raise ConfigError(f"relay {relay.name}: {what} {path} is not a PEM file (no {marker.decode()!r})")
+        raise ConfigError(
+            f"relay {relay.name}: {what} {path} is not a PEM file (no {marker.decode()!r})"
+        )
     return data
 
 
@@ -26,14 +30,20 @@ def channel_credentials(relay: RelayConfig) -> grpc.ChannelCredentials | None:
         return None
     roots = None
     if tls.ca_files:
-        roots = b"".join(_read(p, relay, "CA file", b"-----BEGIN CERTIFICATE-----") for p in tls.ca_files)
+        roots = b"".join(
+            _read(p, relay, "CA file", b"-----BEGIN CERTIFICATE-----") for p in tls.ca_files
+        )
     cert = key = None
     if tls.cert_file or tls.key_file:
         if not (tls.cert_file and tls.key_file):
-            raise ConfigError(f"relay {relay.name}: mTLS needs both --tls-client-cert-file and --tls-client-key-file")
+            raise ConfigError(
+                f"relay {relay.name}: mTLS needs both --tls-client-cert-file and --tls-client-key-file"
+            )
         cert = _read(tls.cert_file, relay, "client certificate", b"-----BEGIN CERTIFICATE-----")
         key = _read(tls.key_file, relay, "client key", b"PRIVATE KEY-----")
-    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=cert
+    )
 
 
 def channel_options(relay: RelayConfig) -> list[tuple[str, object]]:

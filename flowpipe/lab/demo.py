@@ -83,43 +83,101 @@ def run(
     children: list[Child] = []
     result = DemoResult()
     try:
-        _demo(root, stage, variant, broken_clusters, rate, duration, prometheus, say, stop, children, result)
+        _demo(
+            root,
+            stage,
+            variant,
+            broken_clusters,
+            rate,
+            duration,
+            prometheus,
+            say,
+            stop,
+            children,
+            result,
+        )
     finally:
         _stop_all(children)
     return result
 
 
-def _demo(root, stage, variant, broken, rate, duration, prometheus, say, stop, children, result) -> None:
+def _demo(
+    root, stage, variant, broken, rate, duration, prometheus, say, stop, children, result
+) -> None:
     deadline = time.monotonic() + duration if duration else None
     store = Store(root / "store")
     store.ensure()
     now = time.time_ns()
     live_start = now - LIVE_LEAD_S * 1_000_000_000
-    windows = {k: live_start - (stage - k) * STAGE_GAP_S * 1_000_000_000 for k in range(1, stage + 1)}
+    windows = {
+        k: live_start - (stage - k) * STAGE_GAP_S * 1_000_000_000 for k in range(1, stage + 1)
+    }
     say(f"flowpipe demo in {root}")
-    live = lab.write_lab(root / "lab" / f"stage{stage}", stage, variant=variant,
-                         broken_clusters=broken, start_ns=live_start)
+    live = lab.write_lab(
+        root / "lab" / f"stage{stage}",
+        stage,
+        variant=variant,
+        broken_clusters=broken,
+        start_ns=live_start,
+    )
     relays = {}
     for cluster, (path, count) in live.items():
         port = free_port(4245 + len(relays))
-        args = ["replay", str(path), "--listen", f"127.0.0.1:{port}", "--plaintext", "--cluster", cluster, "--follow"]
+        args = [
+            "replay",
+            str(path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--plaintext",
+            "--cluster",
+            cluster,
+            "--follow",
+        ]
         if count and rate > 0:
             args += ["--rate", f"{rate:g}"]
-        children.append(_spawn(root, f"relay-{cluster}", [sys.executable, "-m", "flowpipe.cli", *args]))
+        children.append(
+            _spawn(root, f"relay-{cluster}", [sys.executable, "-m", "flowpipe.cli", *args])
+        )
         relays[cluster] = port
     for cluster, port in relays.items():
         _wait_port(port, children, f"relay-{cluster}")
     config = root / "collect.yaml"
-    config.write_text(yaml.safe_dump({
-        "flush_interval": "1s",
-        "relays": [{"cluster": c, "address": f"127.0.0.1:{p}", "plaintext": True} for c, p in relays.items()],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "flush_interval": "1s",
+                "relays": [
+                    {"cluster": c, "address": f"127.0.0.1:{p}", "plaintext": True}
+                    for c, p in relays.items()
+                ],
+            }
+        )
+    )
     export_port = free_port(9965)
-    children.append(_spawn(root, "export", [
-        sys.executable, "-m", "flowpipe.cli", "export", "--rules", f"stage{stage}", "--store", str(store.root),
-        "--listen", f"127.0.0.1:{export_port}", "--interval", "5s", "--window", "5m",
-        "--collect-config", str(config),
-    ]))
+    children.append(
+        _spawn(
+            root,
+            "export",
+            [
+                sys.executable,
+                "-m",
+                "flowpipe.cli",
+                "export",
+                "--rules",
+                f"stage{stage}",
+                "--store",
+                str(store.root),
+                "--listen",
+                f"127.0.0.1:{export_port}",
+                "--interval",
+                "5s",
+                "--window",
+                "5m",
+                "--collect-config",
+                str(config),
+            ],
+        )
+    )
     _wait_port(export_port, children, "export")
     # history after the collector started (it resumes from the store's newest flow): the earlier
     # stages, as if collected while each was applied
@@ -129,21 +187,34 @@ def _demo(root, stage, variant, broken, rate, duration, prometheus, say, stop, c
             importer.import_files(store, [str(path)], cluster=cluster)
     broke = f", {variant} on {', '.join(broken or CLUSTERS)}" if variant else ""
     history = f"stages 1-{stage - 1} imported as history; " if stage > 1 else ""
-    say(f"  {history}stage {stage} live from relays {', '.join(f'{c}=127.0.0.1:{p}' for c, p in relays.items())}{broke}")
+    say(
+        f"  {history}stage {stage} live from relays {', '.join(f'{c}=127.0.0.1:{p}' for c, p in relays.items())}{broke}"
+    )
     result.urls["metrics"] = f"http://127.0.0.1:{export_port}/metrics"
     result.urls["healthz"] = f"http://127.0.0.1:{export_port}/healthz"
     binary = shutil.which(prometheus)
     if binary:
         prom_port = free_port(9090)
         prom_config = _prometheus_config(root, export_port)
-        children.append(_spawn(root, "prometheus", [
-            binary, f"--config.file={prom_config}", f"--storage.tsdb.path={root / 'prometheus' / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}", "--storage.tsdb.retention.time=1d",
-        ]))
+        children.append(
+            _spawn(
+                root,
+                "prometheus",
+                [
+                    binary,
+                    f"--config.file={prom_config}",
+                    f"--storage.tsdb.path={root / 'prometheus' / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--storage.tsdb.retention.time=1d",
+                ],
+            )
+        )
         _wait_port(prom_port, children, "prometheus")
         result.urls["prometheus"] = f"http://127.0.0.1:{prom_port}"
     else:
-        say(f"  (no {prometheus!r} binary found: skipping Prometheus; `apt-get install prometheus` adds it)")
+        say(
+            f"  (no {prometheus!r} binary found: skipping Prometheus; `apt-get install prometheus` adds it)"
+        )
     say("  waiting for both relays' flows to reach the store ...")
     _wait_flows(store, [c for c, (_, n) in live.items() if n], live_start, children, stop)
     for k in range(1, stage + 1):
@@ -152,8 +223,14 @@ def _demo(root, stage, variant, broken, rate, duration, prometheus, say, stop, c
             return
         # up to a second before the next stage began (the bound is inclusive, datetimes hold microseconds)
         until = None if k == stage else datetime.fromtimestamp(windows[k + 1] / 1e9 - 1, UTC)
-        report = check.run_check(store, [f"stage{k}"], since=datetime.fromtimestamp(windows[k] / 1e9, UTC),
-                                 until=until, clusters=list(CLUSTERS), samples=0)
+        report = check.run_check(
+            store,
+            [f"stage{k}"],
+            since=datetime.fromtimestamp(windows[k] / 1e9, UTC),
+            until=until,
+            clusters=list(CLUSTERS),
+            samples=0,
+        )
         for (_, cluster), status in sorted(report.stage_status().items()):
             result.stages[(k, cluster)] = status
         say(_stage_line(k, report))
@@ -173,22 +250,34 @@ def _stage_line(stage: int, report: check.CheckReport) -> str:
         passed = sum(r.status == "pass" for r in rs)
         parts.append(f"{cluster} {status.upper()} ({passed}/{len(rs)} rules)")
     lines = [f"  check stage {stage}: " + ", ".join(parts)]
-    lines += [f"    {r.cluster} {r.rule}: {r.message}" for r in report.results if r.status in ("fail", "error")]
+    lines += [
+        f"    {r.cluster} {r.rule}: {r.message}"
+        for r in report.results
+        if r.status in ("fail", "error")
+    ]
     return "\n".join(lines)
 
 
 def _worst(results: list[check.RuleResult]) -> str:
-    return "error" if any(r.status == "error" for r in results) else (
-        "fail" if any(r.status == "fail" for r in results) else "pass")
+    return (
+        "error"
+        if any(r.status == "error" for r in results)
+        else ("fail" if any(r.status == "fail" for r in results) else "pass")
+    )
 
 
-def _guide(result: DemoResult, store: Store, relays: dict[str, int], stage: int, windows: dict[int, int]) -> list[str]:
+def _guide(
+    result: DemoResult, store: Store, relays: dict[str, int], stage: int, windows: dict[int, int]
+) -> list[str]:
     since = datetime.fromtimestamp(windows[1] / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     lines = ["", "what to look at:"]
     lines += [f"  {name:<10} {url}" for name, url in result.urls.items()]
     if "prometheus" in result.urls:
-        for q in ("flowpipe_stage_conformant", "sum by (cluster, verdict) (rate(flowpipe_flows_processed_total[1m]))",
-                  "topk(10, sum by (cluster, port) (rate(flowpipe_port_distribution_total[5m])))"):
+        for q in (
+            "flowpipe_stage_conformant",
+            "sum by (cluster, verdict) (rate(flowpipe_flows_processed_total[1m]))",
+            "topk(10, sum by (cluster, port) (rate(flowpipe_port_distribution_total[5m])))",
+        ):
             lines.append(f"  {result.urls['prometheus']}/graph?g0.expr={urllib.parse.quote(q)}")
         lines.append(f"  alerts: {result.urls['prometheus']}/alerts")
     lines += [
@@ -197,9 +286,11 @@ def _guide(result: DemoResult, store: Store, relays: dict[str, int], stage: int,
         "try:",
         f"  flowpipe check stage{stage} --store {store.root} --since 5m",
         f"  flowpipe check stage1 --store {store.root} --since {since} --cluster cluster1",
-        f"  flowpipe query --store {store.root} \"SELECT cluster, verdict, count(*) FROM flows GROUP BY ALL ORDER BY ALL\"",
+        f'  flowpipe query --store {store.root} "SELECT cluster, verdict, count(*) FROM flows GROUP BY ALL ORDER BY ALL"',
     ]
-    lines += [f"  hubble observe --server 127.0.0.1:{p} --follow   # {c}" for c, p in relays.items()]
+    lines += [
+        f"  hubble observe --server 127.0.0.1:{p} --follow   # {c}" for c, p in relays.items()
+    ]
     lines += ["", "Ctrl-C stops everything."]
     return lines
 
@@ -209,7 +300,9 @@ def _prometheus_config(root: Path, export_port: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     config = {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
-        "scrape_configs": [{"job_name": "flowpipe", "static_configs": [{"targets": [f"127.0.0.1:{export_port}"]}]}],
+        "scrape_configs": [
+            {"job_name": "flowpipe", "static_configs": [{"targets": [f"127.0.0.1:{export_port}"]}]}
+        ],
     }
     if ALERTS.is_file():  # a source checkout: load the shipped alerting rules too
         config["rule_files"] = [str(ALERTS)]
@@ -236,16 +329,27 @@ def _spawn(root: Path, name: str, cmd: list[str]) -> Child:
     log = root / "logs" / f"{name}.log"
     with open(log, "wb") as fh:
         # own session: the terminal's Ctrl-C reaches the demo only, which stops children in order
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return Child(name, proc, log)
 
 
 def _check_alive(children: list[Child]) -> None:
     for c in children:
         if c.proc.poll() is not None:
-            tail = c.log.read_text(errors="replace").strip().splitlines()[-3:] if c.log.exists() else []
-            raise FlowpipeError(f"{c.name} exited with {c.proc.returncode} (log {c.log}): {' | '.join(tail)}")
+            tail = (
+                c.log.read_text(errors="replace").strip().splitlines()[-3:]
+                if c.log.exists()
+                else []
+            )
+            raise FlowpipeError(
+                f"{c.name} exited with {c.proc.returncode} (log {c.log}): {' | '.join(tail)}"
+            )
 
 
 def _wait_port(port: int, children: list[Child], name: str, timeout: float = 60.0) -> None:
@@ -259,19 +363,29 @@ def _wait_port(port: int, children: list[Child], name: str, timeout: float = 60.
     raise FlowpipeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
-def _wait_flows(store: Store, clusters: list[str], since_ns: int, children: list[Child], stop: threading.Event,
-                timeout: float = 60.0) -> None:
+def _wait_flows(
+    store: Store,
+    clusters: list[str],
+    since_ns: int,
+    children: list[Child],
+    stop: threading.Event,
+    timeout: float = 60.0,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         _check_alive(children)
-        _, rows = query.fetch(store, "SELECT cluster, epoch_ns(max(time)) FROM flows_proto GROUP BY cluster")
+        _, rows = query.fetch(
+            store, "SELECT cluster, epoch_ns(max(time)) FROM flows_proto GROUP BY cluster"
+        )
         newest = dict(rows)
         if all((newest.get(c) or 0) >= since_ns for c in clusters):
             time.sleep(2)  # let the relays' recorded flows finish arriving
             return
         time.sleep(0.5)
     if not stop.is_set():
-        raise FlowpipeError(f"no flows reached the store within {timeout:.0f}s (see logs in {store.root.parent / 'logs'})")
+        raise FlowpipeError(
+            f"no flows reached the store within {timeout:.0f}s (see logs in {store.root.parent / 'logs'})"
+        )
 
 
 def _stop_all(children: list[Child]) -> None:

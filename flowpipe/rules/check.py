@@ -71,7 +71,9 @@ class CheckReport:
         return [r for r in self.results if r.status == "error"]
 
 
-def parse_time(text: str | datetime, what: str = "time", *, now: datetime | None = None) -> datetime:
+def parse_time(
+    text: str | datetime, what: str = "time", *, now: datetime | None = None
+) -> datetime:
     """'15m', '2h', '7d' (that long before now), 'now' or RFC3339 -> an aware UTC datetime."""
     if isinstance(text, datetime):
         return text.astimezone(UTC) if text.tzinfo else text.replace(tzinfo=UTC)
@@ -125,10 +127,14 @@ def run_check(
             for cluster in names if rest else []:
                 sb.scope(cluster)
                 for rf, rule in rest:
-                    results += [_evaluate(sb, rf, rule, cluster, rule_timeout, memory_limit, samples)]
+                    results += [
+                        _evaluate(sb, rf, rule, cluster, rule_timeout, memory_limit, samples)
+                    ]
         finally:
             sb.close()
-    order = {(rf.path, r.name): i for i, (rf, r) in enumerate((rf, r) for rf in files for r in rf.rules)}
+    order = {
+        (rf.path, r.name): i for i, (rf, r) in enumerate((rf, r) for rf in files for r in rf.rules)
+    }
     results.sort(key=lambda r: (order[(r.file, r.rule)], names.index(r.cluster)))
     return CheckReport(results, names, since_dt, until_dt)
 
@@ -136,7 +142,9 @@ def run_check(
 def _clusters(store: Store, given: Iterable[str] | None) -> list[str]:
     names = list(dict.fromkeys(given or [])) or store.clusters()
     if not names:
-        raise StoreError(f"store {store.root} has no clusters yet: run collect first or pass --cluster")
+        raise StoreError(
+            f"store {store.root} has no clusters yet: run collect first or pass --cluster"
+        )
     for name in names:
         try:
             check_cluster(name)
@@ -186,7 +194,9 @@ class _Shape:
     rule: Rule
     base: str
     scope: str  # the rows the rule is about, as one condition over the base view
-    keys: list[list[str]]  # per AND term of the rule's WHERE: scan-filterable comparisons (see sandbox.conjuncts)
+    keys: list[
+        list[str]
+    ]  # per AND term of the rule's WHERE: scan-filterable comparisons (see sandbox.conjuncts)
     view_keys: list[str]  # scan-filterable terms of the view's own filter (e.g. event_type = 5)
 
 
@@ -221,7 +231,11 @@ class _Piece:
     @property
     def rows(self) -> str:
         """The piece's rows as one condition (without the scan's WHERE)."""
-        return " AND ".join([f"({self.key})"] * (self.key is not None) + [self.shape.scope] + [self.extra] * bool(self.extra))
+        return " AND ".join(
+            [f"({self.key})"] * (self.key is not None)
+            + [self.shape.scope]
+            + [self.extra] * bool(self.extra)
+        )
 
     @property
     def violations(self) -> str:
@@ -247,7 +261,9 @@ def _pieces(shapes: list[_Shape]) -> list[_Piece]:
 
     def covered(sh: _Shape) -> bool:
         singles, splits = options(sh)
-        return any(k in chosen for k in singles) or any(all(k in chosen for k in ks) for ks in splits)
+        return any(k in chosen for k in singles) or any(
+            all(k in chosen for k in ks) for ks in splits
+        )
 
     # rules that can only be read in pieces need every branch of one of their ORs
     for sh in shapes:
@@ -313,7 +329,11 @@ def _ts_ns(ns: int) -> str:
 
 
 def _evaluate_together(
-    sb: sandbox.Sandbox, plan: list[tuple[RuleFile, Rule]], names: list[str], timeout: float, memory_limit: str,
+    sb: sandbox.Sandbox,
+    plan: list[tuple[RuleFile, Rule]],
+    names: list[str],
+    timeout: float,
+    memory_limit: str,
     k: int,
 ) -> dict[tuple[str, str, str], RuleResult]:
     """Results of the row-filter rules, keyed (file, rule, cluster): a few scans for all of them and
@@ -328,7 +348,9 @@ def _evaluate_together(
     scans: dict[tuple[str, str | None], list[_Piece]] = {}
     for pc in _pieces(shapes):
         scans.setdefault((pc.shape.base, pc.key), []).append(pc)
-    counts: dict[tuple[int, str], list[int]] = {}  # (id of shape, cluster) -> [evidence, violations]
+    counts: dict[
+        tuple[int, str], list[int]
+    ] = {}  # (id of shape, cluster) -> [evidence, violations]
     times: dict[tuple[int, str], list[int]] = {}  # times of the oldest violations (samples)
     timed: dict[tuple[int, str], int] = {}  # violations that have a time
     spent: dict[int, float] = {}
@@ -337,7 +359,9 @@ def _evaluate_together(
         sql = together_sql(base, key, pieces, k)
         started = time.monotonic()
         try:
-            sandbox.check_sql(sql, f"rules over {base}")  # built from checked parts; checked whole anyway
+            sandbox.check_sql(
+                sql, f"rules over {base}"
+            )  # built from checked parts; checked whole anyway
             _, rows = sb.run(sql, timeout * len({id(pc.shape) for pc in pieces}) * len(names))
         except (RuleError, sandbox.RuleTimeout, duckdb.Error):
             failed.update(id(pc.shape) for pc in pieces)
@@ -363,24 +387,53 @@ def _evaluate_together(
             continue
         for cluster in names:
             evidence, violations = counts.get((id(sh), cluster), [0, 0])
-            res = RuleResult(sh.rf.path, sh.rf.stage, sh.rule.name, cluster, "error", sh.rule.severity,
-                             evidence, violations, sh.rule.why, "")
+            res = RuleResult(
+                sh.rf.path,
+                sh.rf.stage,
+                sh.rule.name,
+                cluster,
+                "error",
+                sh.rule.severity,
+                evidence,
+                violations,
+                sh.rule.why,
+                "",
+            )
             failed_rule, res.message = _judge(sh.rule, res.evidence, res.violations)
-            res.status = ("warn" if sh.rule.severity == "warn" else "fail") if failed_rule else "pass"
+            res.status = (
+                ("warn" if sh.rule.severity == "warn" else "fail") if failed_rule else "pass"
+            )
             res.duration_s = spent.get(id(sh), 0.0) / len(names)
             out[(sh.rf.path, sh.rule.name, cluster)] = res
     if k > 0:
-        _samples_together(sb, [sh for sh in shapes if id(sh) not in failed], scans, out, names, times, timed,
-                          timeout, memory_limit, k)
+        _samples_together(
+            sb,
+            [sh for sh in shapes if id(sh) not in failed],
+            scans,
+            out,
+            names,
+            times,
+            timed,
+            timeout,
+            memory_limit,
+            k,
+        )
     for res in out.values():
         res.duration_s = round(res.duration_s, 6)
     return out
 
 
 def _samples_together(
-    sb: sandbox.Sandbox, shapes: list[_Shape], scans: dict[tuple[str, str | None], list[_Piece]],
-    out: dict[tuple[str, str, str], RuleResult], names: list[str], times: dict[tuple[int, str], list[int]],
-    timed: dict[tuple[int, str], int], timeout: float, memory_limit: str, k: int,
+    sb: sandbox.Sandbox,
+    shapes: list[_Shape],
+    scans: dict[tuple[str, str | None], list[_Piece]],
+    out: dict[tuple[str, str, str], RuleResult],
+    names: list[str],
+    times: dict[tuple[int, str], list[int]],
+    timed: dict[tuple[int, str], int],
+    timeout: float,
+    memory_limit: str,
+    k: int,
 ) -> None:
     """Samples of the failed results: the count scans gave the times of each one's k oldest
     violations; one query per base view fetches the rows at those times and says which rule
@@ -399,9 +452,17 @@ def _samples_together(
                     alone[(id(sh), cluster)] = (sh.rule, res)
     bases: dict[str, list[_Piece]] = {}
     for (base, _), pieces in scans.items():
-        bases.setdefault(base, []).extend(pc for pc in pieces if any((id(pc.shape), c) in wanted for c in names))
+        bases.setdefault(base, []).extend(
+            pc for pc in pieces if any((id(pc.shape), c) in wanted for c in names)
+        )
     for base, pieces in bases.items():
-        at = [t for pc in pieces for c in names if (id(pc.shape), c) in wanted for t in times.get((id(pc.shape), c), [])]
+        at = [
+            t
+            for pc in pieces
+            for c in names
+            if (id(pc.shape), c) in wanted
+            for t in times.get((id(pc.shape), c), [])
+        ]
         if not at:
             continue
         sql = samples_fetch_sql(base, at, pieces)
@@ -410,13 +471,21 @@ def _samples_together(
             sandbox.check_sql(sql, f"samples over {base}")
             # the files holding those rows, from a scan of the time column alone; then all the
             # columns of those few files (a wide scan of every file costs seconds)
-            _, found = sb.run(f"SELECT DISTINCT filename FROM {base}_proto_files WHERE time IN "
-                              f"({', '.join(_ts_ns(t) for t in sorted(set(at)))})", timeout)
+            _, found = sb.run(
+                f"SELECT DISTINCT filename FROM {base}_proto_files WHERE time IN "
+                f"({', '.join(_ts_ns(t) for t in sorted(set(at)))})",
+                timeout,
+            )
             sb.scope_all(only={f for (f,) in found})
             cols, rows = sb.run(sql, timeout * len(wanted))
         except (RuleError, sandbox.RuleTimeout, duckdb.Error):
-            alone.update({key: (next(sh.rule for sh in shapes if id(sh) == key[0]), res)
-                          for key, res in wanted.items() if any(id(pc.shape) == key[0] for pc in pieces)})
+            alone.update(
+                {
+                    key: (next(sh.rule for sh in shapes if id(sh) == key[0]), res)
+                    for key, res in wanted.items()
+                    if any(id(pc.shape) == key[0] for pc in pieces)
+                }
+            )
             continue
         share = (time.monotonic() - started) / max(1, len(wanted))
         nflags = len(pieces)
@@ -424,7 +493,7 @@ def _samples_together(
         got: dict[tuple[int, str], list[dict]] = {}
         for row in rows:
             record = dict(zip(names_, row[: len(cols) - nflags]))
-            for i, flag in enumerate(row[len(cols) - nflags:]):
+            for i, flag in enumerate(row[len(cols) - nflags :]):
                 key = (id(pieces[i].shape), record.get("cluster"))
                 if flag and key in wanted:
                     got.setdefault(key, []).append(record)
@@ -448,9 +517,17 @@ def _oldest(rows: list[dict], k: int) -> list[dict]:
 
 
 def _evaluate(
-    sb: sandbox.Sandbox, rf: RuleFile, rule: Rule, cluster: str, timeout: float, memory_limit: str, k: int
+    sb: sandbox.Sandbox,
+    rf: RuleFile,
+    rule: Rule,
+    cluster: str,
+    timeout: float,
+    memory_limit: str,
+    k: int,
 ) -> RuleResult:
-    res = RuleResult(rf.path, rf.stage, rule.name, cluster, "error", rule.severity, 0, 0, rule.why, "")
+    res = RuleResult(
+        rf.path, rf.stage, rule.name, cluster, "error", rule.severity, 0, 0, rule.why, ""
+    )
     started = time.monotonic()
     try:
         _, rows = sb.run(counts_sql(rule), timeout)
@@ -486,13 +563,18 @@ def _judge(rule: Rule, evidence: int, violations: int) -> tuple[bool, str]:
     if rule.expect == "all" and violations:
         return True, f"{violations} of {evidence} flows violate: {rule.condition}"
     if evidence < rule.min_flows:
-        return True, f"{evidence} flow{_s(evidence)} in scope; need at least {rule.min_flows} (no evidence in the window?)"
+        return (
+            True,
+            f"{evidence} flow{_s(evidence)} in scope; need at least {rule.min_flows} (no evidence in the window?)",
+        )
     if rule.expect == "all":
         return False, f"all {evidence} flows satisfy the assert"
     return False, f"{evidence} flows (at least {rule.min_flows})"
 
 
-def _samples(sb: sandbox.Sandbox, rule: Rule, k: int, timeout: float, cluster: str | None = None) -> list[dict]:
+def _samples(
+    sb: sandbox.Sandbox, rule: Rule, k: int, timeout: float, cluster: str | None = None
+) -> list[dict]:
     try:
         names, rows = sb.run(samples_sql(rule, k, ordered=True, cluster=cluster), timeout)
     except duckdb.BinderException:  # the rule's rows have no time column: any order

@@ -54,7 +54,11 @@ def _simple_line(row: Mapping[str, Any]) -> str:
     when = t.strftime("%b %d %H:%M:%S.%f")[:-3] if isinstance(t, _dt.datetime) else "N/A"
 
     def side(p: str) -> str:
-        host = "/".join(x for x in (row.get(f"{p}_namespace"), row.get(f"{p}_pod")) if x) or row.get(f"{p}_ip") or "?"
+        host = (
+            "/".join(x for x in (row.get(f"{p}_namespace"), row.get(f"{p}_pod")) if x)
+            or row.get(f"{p}_ip")
+            or "?"
+        )
         port = row.get(f"{p}_port")
         return f"{host}:{port}" if port else str(host)
 
@@ -80,10 +84,18 @@ def render_text(report: CheckReport) -> str:
     """A table of rule x cluster results, then why and sample flows of every failure."""
     files = list(dict.fromkeys(r.file for r in report.results))
     prefix = len(files) > 1
-    lines = [f"flowpipe check: {', '.join(files)} on {', '.join(report.clusters)}; {_period(report)}", ""]
+    lines = [
+        f"flowpipe check: {', '.join(files)} on {', '.join(report.clusters)}; {_period(report)}",
+        "",
+    ]
     rows = [
-        (f"{r.file}/{r.rule}" if prefix else r.rule, r.cluster, r.status.upper() if r.status != "pass" else "pass",
-         str(r.evidence), str(r.violations))
+        (
+            f"{r.file}/{r.rule}" if prefix else r.rule,
+            r.cluster,
+            r.status.upper() if r.status != "pass" else "pass",
+            str(r.evidence),
+            str(r.violations),
+        )
         for r in report.results
     ]
     head = ("RULE", "CLUSTER", "STATUS", "EVIDENCE", "VIOLATIONS")
@@ -102,7 +114,9 @@ def render_text(report: CheckReport) -> str:
     lines.append("")
     stages = report.stage_status()
     for stage in dict.fromkeys(s for s, _ in stages):
-        states = ", ".join(f"{c} {stages[(stage, c)]}" for c in report.clusters if (stage, c) in stages)
+        states = ", ".join(
+            f"{c} {stages[(stage, c)]}" for c in report.clusters if (stage, c) in stages
+        )
         lines.append(f"stage {stage}: {states}")
     counts = Counter(r.status for r in report.results)
     verdict = {EXIT_OK: "PASS", EXIT_FAILED: "FAIL", EXIT_ERROR: "ERROR"}[exit_code(report)]
@@ -120,7 +134,9 @@ def _failure_text(group: list[RuleResult]) -> list[str]:
     for row in r.samples:
         out.append(f"  {flow_line(row)}")
     if r.violations > len(r.samples) and r.samples:
-        out.append(f"  ... and {r.violations - len(r.samples)} more (paste the rule's SELECT into flowpipe query)")
+        out.append(
+            f"  ... and {r.violations - len(r.samples)} more (paste the rule's SELECT into flowpipe query)"
+        )
     return out
 
 
@@ -172,7 +188,9 @@ def render_json(report: CheckReport) -> str:
         "until": _iso(report.until),
         "clusters": report.clusters,
         "counts": {s: counts.get(s, 0) for s in ("pass", "warn", "fail", "error")},
-        "stages": [{"stage": s, "cluster": c, "status": v} for (s, c), v in report.stage_status().items()],
+        "stages": [
+            {"stage": s, "cluster": c, "status": v} for (s, c), v in report.stage_status().items()
+        ],
         "results": [result_dict(r) for r in report.results],
     }
     return json.dumps(doc, indent=2, default=_json_default) + "\n"
@@ -194,12 +212,21 @@ def render_junit(report: CheckReport) -> str:
     for file, results in by_file.items():
         counts = Counter(r.status for r in results)
         suite = ET.SubElement(
-            root, "testsuite", name=_x(file), tests=str(len(results)), failures=str(counts["fail"]),
-            errors=str(counts["error"]), skipped="0", time=f"{sum(r.duration_s for r in results):.3f}",
+            root,
+            "testsuite",
+            name=_x(file),
+            tests=str(len(results)),
+            failures=str(counts["fail"]),
+            errors=str(counts["error"]),
+            skipped="0",
+            time=f"{sum(r.duration_s for r in results):.3f}",
         )
         for r in results:
             case = ET.SubElement(
-                suite, "testcase", classname=_x(f"flowpipe.{r.stage}.{r.cluster}"), name=_x(r.rule),
+                suite,
+                "testcase",
+                classname=_x(f"flowpipe.{r.stage}.{r.cluster}"),
+                name=_x(r.rule),
                 time=f"{r.duration_s:.3f}",
             )
             body = "\n".join([f"why: {r.why}", *(flow_line(s) for s in r.samples)])

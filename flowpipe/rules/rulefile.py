@@ -82,7 +82,9 @@ def parse_text(text: str, path: str = "<rules>", *, stem: str | None = None) -> 
         value = m.group(2).strip() if m else ""
         if key == "flowpipe":
             if cur is not None or rules:
-                raise RuleError(f"{path}:{no}: the '-- flowpipe:' header must come before the first rule")
+                raise RuleError(
+                    f"{path}:{no}: the '-- flowpipe:' header must come before the first rule"
+                )
             header = _file_header(value, path, no)
         elif key == "rule":
             if cur is not None:
@@ -92,7 +94,9 @@ def parse_text(text: str, path: str = "<rules>", *, stem: str | None = None) -> 
             if key in SETTINGS:
                 raise RuleError(f"{path}:{no}: '-- {key}:' before the first '-- rule:' line")
             if line.strip() and not line.lstrip().startswith("--"):
-                raise RuleError(f"{path}:{no}: SQL before the first '-- rule:' line (every SELECT belongs to a rule)")
+                raise RuleError(
+                    f"{path}:{no}: SQL before the first '-- rule:' line (every SELECT belongs to a rule)"
+                )
         elif cur.sql_line:  # inside the SQL: comments are SQL comments, but settings are misplaced
             if key in SETTINGS:
                 raise RuleError(
@@ -121,7 +125,9 @@ def _file_header(value: str, path: str, no: int) -> dict[str, str]:
     for item in items:
         k, sep, v = item.partition("=")
         if not sep or k not in FILE_KEYS:
-            raise RuleError(f"{path}:{no}: bad '-- flowpipe:' item {item!r} (use stage=N title=\"...\")")
+            raise RuleError(
+                f"{path}:{no}: bad '-- flowpipe:' item {item!r} (use stage=N title=\"...\")"
+            )
         out[k] = v
     return out
 
@@ -155,7 +161,9 @@ class _Draft:
                 raise self.fail(line, "empty '-- assert:'")
             self.asserts.append((value, line))
         elif key in self.settings:
-            raise self.fail(line, f"'-- {key}:' given twice (first at line {self.settings[key][1]})")
+            raise self.fail(
+                line, f"'-- {key}:' given twice (first at line {self.settings[key][1]})"
+            )
         else:
             self.settings[key] = (value, line)
 
@@ -165,7 +173,9 @@ class _Draft:
             raise self.fail(self.line, f"duplicate rule name (first at line {first})")
         why = self.settings.get("why", ("", 0))[0]
         if not why:
-            raise self.fail(self.line, "missing '-- why:' (one line a person reads when the rule fails)")
+            raise self.fail(
+                self.line, "missing '-- why:' (one line a person reads when the rule fails)"
+            )
         expect, min_flows = self._expect()
         severity, sev_line = self.settings.get("severity", ("error", self.line))
         if severity not in SEVERITIES:
@@ -199,11 +209,17 @@ class _Draft:
                 f"'-- assert:' only applies to expect: all (with {expect}, put the condition in the WHERE clause)",
             )
         if expect == "all" and not self.asserts:
-            raise self.fail(line, "expect: all needs at least one '-- assert:' line (what every flow satisfies)")
+            raise self.fail(
+                line, "expect: all needs at least one '-- assert:' line (what every flow satisfies)"
+            )
         if "min_flows" in self.settings:
             text_mf, line_mf = self.settings["min_flows"]
             if expect != "all":
-                hint = "use at_least N alone" if expect == "at_least" else "add an expect: at_least rule"
+                hint = (
+                    "use at_least N alone"
+                    if expect == "at_least"
+                    else "add an expect: at_least rule"
+                )
                 raise self.fail(line_mf, f"min_flows has no meaning with expect: {expect} ({hint})")
             if not text_mf.isdigit():
                 raise self.fail(line_mf, f"bad min_flows {text_mf!r} (a whole number >= 0)")
@@ -230,9 +246,14 @@ def _statement(d: _Draft) -> str:
     if len(stmts) > 1:
         offset = len(stmts[0].query)
         second = d.sql_line + text[:offset].count("\n") + _leading_lines(stmts[1].query)
-        raise d.fail(second, f"two statements in one rule (one SELECT per rule; the second starts at line {second})")
+        raise d.fail(
+            second,
+            f"two statements in one rule (one SELECT per rule; the second starts at line {second})",
+        )
     if stmts[0].type != duckdb.StatementType.SELECT:
-        raise d.fail(d.sql_line, f"a rule is one SELECT (or WITH ... SELECT), not {stmts[0].type.name}")
+        raise d.fail(
+            d.sql_line, f"a rule is one SELECT (or WITH ... SELECT), not {stmts[0].type.name}"
+        )
     return strip_terminator(text)
 
 
@@ -305,7 +326,9 @@ def resolve(names: list[str]) -> list[tuple[Path, str]]:
                 raise RuleError(f"{name}: directory holds no *.sql rule files")
             out += [(f, str(f)) for f in found]
         elif "/" not in name and os.sep not in name and (shipped := _shipped(name)):
-            out.append((shipped, shipped.name))  # a bare name: the stage file shipped in the package
+            out.append(
+                (shipped, shipped.name)
+            )  # a bare name: the stage file shipped in the package
         else:
             avail = ", ".join(f.name for f in shipped_files()) or "none"
             raise RuleError(f"{name}: no such rule file (shipped: {avail})")

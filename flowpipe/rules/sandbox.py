@@ -21,17 +21,55 @@ from flowpipe.views import catalog as views
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 # Scalar functions (and name prefixes) that reveal the environment, settings or files.
 FORBIDDEN_FUNCTIONS = frozenset(
-    {"getenv", "current_setting", "which_secret", "query", "query_table", "glob", "checkpoint", "force_checkpoint"}
+    {
+        "getenv",
+        "current_setting",
+        "which_secret",
+        "query",
+        "query_table",
+        "glob",
+        "checkpoint",
+        "force_checkpoint",
+    }
 )
 FORBIDDEN_PREFIXES = (
-    "read_", "parquet_", "duckdb_", "pragma_", "sniff_", "json_execute", "enable_", "disable_",
-    "import_", "copy_", "test_", "register_", "create_", "destroy_", "deregister_", "truncate_",
+    "read_",
+    "parquet_",
+    "duckdb_",
+    "pragma_",
+    "sniff_",
+    "json_execute",
+    "enable_",
+    "disable_",
+    "import_",
+    "copy_",
+    "test_",
+    "register_",
+    "create_",
+    "destroy_",
+    "deregister_",
+    "truncate_",
 )
 # Table reference kinds that are not reading rows of a view, a CTE or a subquery.
-_REFUSED_REFS = {"SHOW_REF": "DESCRIBE/SHOW/SUMMARIZE", "COLUMN_DATA": "data", "DELIM_GET": "internal",
-                 "BOUND_TABLE_REF": "internal", "INVALID": "invalid"}
-_TABLE_REFS = {"BASE_TABLE", "TABLE_FUNCTION", "SUBQUERY", "JOIN", "EXPRESSION_LIST", "EMPTY", "EMPTY_FROM",
-               "PIVOT", "CTE", *_REFUSED_REFS}
+_REFUSED_REFS = {
+    "SHOW_REF": "DESCRIBE/SHOW/SUMMARIZE",
+    "COLUMN_DATA": "data",
+    "DELIM_GET": "internal",
+    "BOUND_TABLE_REF": "internal",
+    "INVALID": "invalid",
+}
+_TABLE_REFS = {
+    "BASE_TABLE",
+    "TABLE_FUNCTION",
+    "SUBQUERY",
+    "JOIN",
+    "EXPRESSION_LIST",
+    "EMPTY",
+    "EMPTY_FROM",
+    "PIVOT",
+    "CTE",
+    *_REFUSED_REFS,
+}
 _VIEW_RE = re.compile(r"^CREATE OR REPLACE VIEW (\w+)")
 HOUR_NS = 3_600_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,7 +78,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @functools.cache
 def view_names() -> frozenset[str]:
     """Names of the views a rule may read (flows, policy_verdicts, drops, ...)."""
-    return frozenset(m.group(1) for s in views.view_sql(Store("/nonexistent")) if (m := _VIEW_RE.match(s)))
+    return frozenset(
+        m.group(1) for s in views.view_sql(Store("/nonexistent")) if (m := _VIEW_RE.match(s))
+    )
 
 
 # ------------------------------------------------------------------ static checks
@@ -83,18 +123,38 @@ def check_expression(expr: str, where: str) -> None:
         msg = tree.get("error_message", "more than one statement")
         raise RuleError(f"{where}: bad assert expression: {msg}")
     node = tree["statements"][0]["node"]
-    extra = any(node.get(k) for k in ("where_clause", "group_expressions", "having", "qualify", "modifiers"))
-    if node.get("type") != "SELECT_NODE" or len(node["select_list"]) != 1 or extra or (
-        node.get("from_table", {}).get("type") not in ("EMPTY", "EMPTY_FROM")
+    extra = any(
+        node.get(k) for k in ("where_clause", "group_expressions", "having", "qualify", "modifiers")
+    )
+    if (
+        node.get("type") != "SELECT_NODE"
+        or len(node["select_list"]) != 1
+        or extra
+        or (node.get("from_table", {}).get("type") not in ("EMPTY", "EMPTY_FROM"))
     ):
-        raise RuleError(f"{where}: bad assert: one expression over the rule's columns, e.g. verdict = 'FORWARDED'")
+        raise RuleError(
+            f"{where}: bad assert: one expression over the rule's columns, e.g. verdict = 'FORWARDED'"
+        )
     _walk(node["select_list"][0], frozenset(), view_names(), where)
 
 
 # Expression node classes that only read the current row: a WHERE made of these filters each row
 # on its own, so it gives the same rows per cluster whether or not other clusters are in the view.
-_ROW_LOCAL = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR", "FUNCTION", "CASE",
-                        "CAST", "BETWEEN", "LAMBDA", "COLLATE"})
+_ROW_LOCAL = frozenset(
+    {
+        "COLUMN_REF",
+        "CONSTANT",
+        "COMPARISON",
+        "CONJUNCTION",
+        "OPERATOR",
+        "FUNCTION",
+        "CASE",
+        "CAST",
+        "BETWEEN",
+        "LAMBDA",
+        "COLLATE",
+    }
+)
 
 
 def row_filter(sql: str) -> tuple[str, str | None] | None:
@@ -111,14 +171,29 @@ def row_filter(sql: str) -> tuple[str, str | None] | None:
     star = node.get("select_list") or [{}]
     src = node.get("from_table") or {}
     if (
-        node.get("type") != "SELECT_NODE" or len(star) != 1 or star[0].get("class") != "STAR"
-        or star[0].get("relation_name") or star[0].get("columns") or star[0].get("expr")
-        or any(star[0].get(k) for k in ("exclude_list", "replace_list", "qualified_exclude_list", "rename_list"))
-        or any(node.get(k) for k in ("modifiers", "group_expressions", "group_sets", "having", "qualify", "sample"))
+        node.get("type") != "SELECT_NODE"
+        or len(star) != 1
+        or star[0].get("class") != "STAR"
+        or star[0].get("relation_name")
+        or star[0].get("columns")
+        or star[0].get("expr")
+        or any(
+            star[0].get(k)
+            for k in ("exclude_list", "replace_list", "qualified_exclude_list", "rename_list")
+        )
+        or any(
+            node.get(k)
+            for k in ("modifiers", "group_expressions", "group_sets", "having", "qualify", "sample")
+        )
         or (node.get("cte_map") or {}).get("map")
         or node.get("aggregate_handling", "STANDARD_HANDLING") != "STANDARD_HANDLING"
-        or src.get("type") != "BASE_TABLE" or src.get("alias") or src.get("sample") or src.get("at_clause")
-        or src.get("schema_name") or src.get("catalog_name") or src.get("column_name_alias")
+        or src.get("type") != "BASE_TABLE"
+        or src.get("alias")
+        or src.get("sample")
+        or src.get("at_clause")
+        or src.get("schema_name")
+        or src.get("catalog_name")
+        or src.get("column_name_alias")
     ):
         return None
     cond = node.get("where_clause")
@@ -138,7 +213,9 @@ def conjuncts(cond: str) -> list[tuple[str, list[str]]]:
         sql = _render(term)
         if _is_key(term):
             out.append((sql, [sql]))
-        elif term.get("type") == "CONJUNCTION_OR" and all(_is_key(b) for b in _flatten(term, "CONJUNCTION_OR")):
+        elif term.get("type") == "CONJUNCTION_OR" and all(
+            _is_key(b) for b in _flatten(term, "CONJUNCTION_OR")
+        ):
             out.append((sql, [_render(b) for b in _flatten(term, "CONJUNCTION_OR")]))
         else:
             out.append((sql, []))
@@ -159,9 +236,15 @@ def _is_key(node: dict) -> bool:
         parts = node.get("children") or []
     else:
         return False
-    cols = [p for p in parts if p.get("class") == "COLUMN_REF" and len(p.get("column_names", [])) == 1]
+    cols = [
+        p for p in parts if p.get("class") == "COLUMN_REF" and len(p.get("column_names", [])) == 1
+    ]
     consts = [p for p in parts if p.get("class") == "CONSTANT"]
-    return len(cols) == 1 and len(cols) + len(consts) == len(parts) and (parts[0] is cols[0] or len(parts) == 2)
+    return (
+        len(cols) == 1
+        and len(cols) + len(consts) == len(parts)
+        and (parts[0] is cols[0] or len(parts) == 2)
+    )
 
 
 def _row_local(node: Any) -> bool:
@@ -175,7 +258,9 @@ def _row_local(node: Any) -> bool:
             return False
         if cls == "COLUMN_REF" and len(node.get("column_names", [])) != 1:
             return False  # qualified (view.column): the combined query reads another relation
-        if cls == "FUNCTION" and (node.get("filter") or node.get("order_bys", {}).get("orders") or node.get("distinct")):
+        if cls == "FUNCTION" and (
+            node.get("filter") or node.get("order_bys", {}).get("orders") or node.get("distinct")
+        ):
             return False  # aggregate clauses
     return all(_row_local(v) for v in node.values() if isinstance(v, (dict, list)))
 
@@ -185,10 +270,12 @@ def _render(expr: dict) -> str:
     template = _tree("SELECT 1")
     template["statements"][0]["node"]["select_list"] = [expr]
     with _parser_lock:
-        text = _parser.execute("SELECT json_deserialize_sql(?)", [json.dumps(template)]).fetchone()[0]
+        text = _parser.execute("SELECT json_deserialize_sql(?)", [json.dumps(template)]).fetchone()[
+            0
+        ]
     if not text.startswith("SELECT "):
         raise RuleError(f"cannot render a parsed expression: {text[:80]}")
-    return text[len("SELECT "):]
+    return text[len("SELECT ") :]
 
 
 def _walk(node: Any, ctes: frozenset[str], tables: frozenset[str], where: str) -> None:
@@ -201,7 +288,9 @@ def _walk(node: Any, ctes: frozenset[str], tables: frozenset[str], where: str) -
     cte_map = node.get("cte_map")
     if isinstance(cte_map, dict) and cte_map.get("map"):
         ctes = ctes | {entry["key"].lower() for entry in cte_map["map"]}
-    if node.get("class") == "FUNCTION" or (node.get("type") == "FUNCTION" and "function_name" in node):
+    if node.get("class") == "FUNCTION" or (
+        node.get("type") == "FUNCTION" and "function_name" in node
+    ):
         _check_function(node, where)
     elif "class" not in node and node.get("type") in _TABLE_REFS:
         _check_table_ref(node, ctes, tables, where)
@@ -215,13 +304,17 @@ def _check_function(node: dict, where: str) -> None:
     if node.get("schema") or node.get("catalog"):
         raise RuleError(f"{where}: refused: qualified function name {node.get('schema')}.{name}")
     if name in FORBIDDEN_FUNCTIONS or name.startswith(FORBIDDEN_PREFIXES):
-        raise RuleError(f"{where}: refused: function {name}() reads files, settings or the environment")
+        raise RuleError(
+            f"{where}: refused: function {name}() reads files, settings or the environment"
+        )
 
 
 def _check_table_ref(node: dict, ctes: frozenset[str], tables: frozenset[str], where: str) -> None:
     kind = node["type"]
     if kind in _REFUSED_REFS:
-        raise RuleError(f"{where}: refused: {_REFUSED_REFS[kind]} statements are not rules; SELECT from a view")
+        raise RuleError(
+            f"{where}: refused: {_REFUSED_REFS[kind]} statements are not rules; SELECT from a view"
+        )
     if kind == "TABLE_FUNCTION":
         fn = node.get("function") or {}
         name = str(fn.get("function_name", "?")).lower()
@@ -277,8 +370,11 @@ class Sandbox:
         # files of one schema (the usual case) are read without union_by_name, whose schema
         # reading at every bind costs seconds on stores of thousands of files
         self.same_schema = frozenset(
-            kind for kind in (FLOWS, EVENTS)
-            if views.same_schema(list(dict.fromkeys(f for per in self.files.values() for f in per[kind])))
+            kind
+            for kind in (FLOWS, EVENTS)
+            if views.same_schema(
+                list(dict.fromkeys(f for per in self.files.values() for f in per[kind]))
+            )
         )
         config = {
             "memory_limit": memory_limit,
@@ -293,7 +389,9 @@ class Sandbox:
         try:
             self.con = duckdb.connect(":memory:", config=config)
         except duckdb.Error as exc:
-            raise ConfigError(f"cannot start DuckDB (--memory-limit {memory_limit!r}?): {_first_line(exc)}") from exc
+            raise ConfigError(
+                f"cannot start DuckDB (--memory-limit {memory_limit!r}?): {_first_line(exc)}"
+            ) from exc
         try:
             self.con.execute("SET TimeZone = 'UTC'")
             self.con.execute("SET enable_progress_bar = false")  # never drawn over the report
@@ -336,10 +434,18 @@ class Sandbox:
             conds += [f"date >= DATE '{self.since:%Y-%m-%d}'", f"time >= {_ts(self.since)}"]
         if self.until:
             conds += [f"date <= DATE '{self.until:%Y-%m-%d}'", f"time <= {_ts(self.until)}"]
-        files = {kind: list(dict.fromkeys(f for c in clusters for f in self.files[c][kind])) for kind in (FLOWS, EVENTS)}
+        files = {
+            kind: list(dict.fromkeys(f for c in clusters for f in self.files[c][kind]))
+            for kind in (FLOWS, EVENTS)
+        }
         if only is not None:
-            files = {kind: [f for i, f in enumerate(fs) if i == 0 or f in only] for kind, fs in files.items()}
-        for stmt in views.view_sql(self.store, files=files, where=" AND ".join(conds), same_schema=self.same_schema):
+            files = {
+                kind: [f for i, f in enumerate(fs) if i == 0 or f in only]
+                for kind, fs in files.items()
+            }
+        for stmt in views.view_sql(
+            self.store, files=files, where=" AND ".join(conds), same_schema=self.same_schema
+        ):
             # views bind by name at query time: after the first cluster only the readers change
             if not self._scoped or "read_parquet(" in stmt:
                 self.con.execute(stmt)
@@ -373,12 +479,16 @@ class Sandbox:
         self.con.close()
 
 
-def window_files(store: Store, kind: str, cluster: str, since_ns: int | None, until_ns: int | None) -> list[str]:
+def window_files(
+    store: Store, kind: str, cluster: str, since_ns: int | None, until_ns: int | None
+) -> list[str]:
     """Committed files of cluster whose hour partition overlaps the window, plus the schema file."""
     base = store.root / kind
     out = [str(p) for p in sorted((base / f"cluster={SCHEMA_CLUSTER}").glob("*/*/*.parquet"))]
     if not out:
-        raise StoreError(f"store {store.root}: no schema file under {kind}/ (is this a flowpipe store?)")
+        raise StoreError(
+            f"store {store.root}: no schema file under {kind}/ (is this a flowpipe store?)"
+        )
     for hour_dir in sorted((base / f"cluster={cluster}").glob("date=*/hour=*")):
         start = _hour_ns(hour_dir)
         if start is not None:
@@ -392,7 +502,9 @@ def window_files(store: Store, kind: str, cluster: str, since_ns: int | None, un
 
 def _hour_ns(hour_dir: Path) -> int | None:
     try:
-        day = datetime.strptime(hour_dir.parent.name.split("=", 1)[1], "%Y-%m-%d").replace(tzinfo=UTC)
+        day = datetime.strptime(hour_dir.parent.name.split("=", 1)[1], "%Y-%m-%d").replace(
+            tzinfo=UTC
+        )
         hour = int(hour_dir.name.split("=", 1)[1])
     except (IndexError, ValueError):
         return None  # unexpected name: read it rather than silently skip it

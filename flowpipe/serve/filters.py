@@ -28,7 +28,10 @@ _V4 = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 
 # Macros the compiled SQL calls; views.build_views defines them on every connection.
 _HEX = "[0-9a-fA-F]{1,4}"
-_MAPPED = (0xFFFF00000000, 0xFFFFFFFFFFFF)  # ::ffff:0:0/96, which Go's IPNet.Contains treats as IPv4
+_MAPPED = (
+    0xFFFF00000000,
+    0xFFFFFFFFFFFF,
+)  # ::ffff:0:0/96, which Go's IPNet.Contains treats as IPv4
 _USERINFO = r"[-._:~!$&'()*+,;=%@A-Za-z0-9]*"
 _HOSTCHARS = r"(?:[-A-Za-z0-9_.~!$&'()*+,;=:\[\]<>\x22]|%25|%[89a-fA-F][0-9a-fA-F]|[^\x00-\x7f])*"
 
@@ -70,12 +73,17 @@ MACROS = {
     ),
     "fp_lone": (
         "(l)",
-        _let("fp_lrest(l)", "r", _let(
-            "fp_lsrc(l)", "src",
-            "{'s': src, 'k': CASE WHEN strpos(r, '=') = 0 THEN r WHEN strpos(r, '=') = 1 AND src = 'reserved' "
-            "THEN substr(r, 2) ELSE split_part(r, '=', 1) END, 'v': CASE WHEN strpos(r, '=') = 0 THEN '' "
-            "WHEN strpos(r, '=') = 1 AND src = 'reserved' THEN '' ELSE substr(r, strpos(r, '=') + 1) END}",
-        )),
+        _let(
+            "fp_lrest(l)",
+            "r",
+            _let(
+                "fp_lsrc(l)",
+                "src",
+                "{'s': src, 'k': CASE WHEN strpos(r, '=') = 0 THEN r WHEN strpos(r, '=') = 1 AND src = 'reserved' "
+                "THEN substr(r, 2) ELSE split_part(r, '=', 1) END, 'v': CASE WHEN strpos(r, '=') = 0 THEN '' "
+                "WHEN strpos(r, '=') = 1 AND src = 'reserved' THEN '' ELSE substr(r, strpos(r, '=') + 1) END}",
+            ),
+        ),
     ),
     "fp_lparse": ("(labels)", "list_transform(coalesce(labels, []), lambda l: fp_lone(l))"),
     # net.ParseIP: a dotted quad (no leading zeros) as a number, else NULL
@@ -88,24 +96,34 @@ MACROS = {
     # net.ParseIP of IPv6 text: a trailing dotted quad becomes two groups; '::' is at least one group
     "fp_ip6norm": (
         "(ip)",
-        _let("fp_ipv4(regexp_extract(ip, '[^:]*$'))", "v",
-             "CASE WHEN NOT contains(ip, '.') THEN ip WHEN v IS NULL THEN NULL "
-             "ELSE regexp_replace(ip, '[^:]*$', '') || printf('%x:%x', v >> 16, v & 65535) END"),
+        _let(
+            "fp_ipv4(regexp_extract(ip, '[^:]*$'))",
+            "v",
+            "CASE WHEN NOT contains(ip, '.') THEN ip WHEN v IS NULL THEN NULL "
+            "ELSE regexp_replace(ip, '[^:]*$', '') || printf('%x:%x', v >> 16, v & 65535) END",
+        ),
     ),
     "fp_ip6part": ("(x)", "CASE WHEN x = '' THEN []::VARCHAR[] ELSE string_split(x, ':') END"),
     "fp_ipv6": (
         "(ip)",
-        "CASE WHEN contains(ip, ':') THEN " + _let(
-            "fp_ip6norm(ip)", "s",
+        "CASE WHEN contains(ip, ':') THEN "
+        + _let(
+            "fp_ip6norm(ip)",
+            "s",
             f"list_reduce(list_transform({_IP6_GROUPS}, lambda g: ('0x' || g)::UHUGEINT), lambda a, b: a * 65536 + b)",
-        ) + " END",
+        )
+        + " END",
     ),
     # the IPv4 number Go compares with an IPv4 network (dotted quad or IPv4-mapped IPv6)
     "fp_ip4any": (
         "(ip)",
-        "coalesce(fp_ipv4(ip), " + _let(
-            "fp_ipv6(ip)", "x", f"CASE WHEN x BETWEEN {_MAPPED[0]} AND {_MAPPED[1]} THEN (x - {_MAPPED[0]})::UBIGINT END"
-        ) + ")",
+        "coalesce(fp_ipv4(ip), "
+        + _let(
+            "fp_ipv6(ip)",
+            "x",
+            f"CASE WHEN x BETWEEN {_MAPPED[0]} AND {_MAPPED[1]} THEN (x - {_MAPPED[0]})::UBIGINT END",
+        )
+        + ")",
     ),
     # url.ParseRequestURI(u).Path, NULL where Go returns an error
     "fp_url_unescape": (
@@ -126,10 +144,17 @@ MACROS = {
     "fp_http_path": (
         "(u)",
         r"CASE WHEN coalesce(u, '') = '' OR regexp_matches(u, '[\x00-\x1f\x7f]') OR starts_with(u, ':') THEN NULL "
-        "WHEN u = '*' THEN '*' ELSE " + _let(
-            "regexp_extract(u, '^([a-zA-Z][a-zA-Z0-9+.-]*):', 1)", "sc",
-            _let("split_part(CASE WHEN sc <> '' THEN substr(u, length(sc) + 2) ELSE u END, '?', 1)", "r", _URL_PATH),
-        ) + " END",
+        "WHEN u = '*' THEN '*' ELSE "
+        + _let(
+            "regexp_extract(u, '^([a-zA-Z][a-zA-Z0-9+.-]*):', 1)",
+            "sc",
+            _let(
+                "split_part(CASE WHEN sc <> '' THEN substr(u, length(sc) + 2) ELSE u END, '?', 1)",
+                "r",
+                _URL_PATH,
+            ),
+        )
+        + " END",
     ),
 }
 
@@ -239,12 +264,20 @@ def _ips(values: Sequence[str], col: str) -> str:
     if exact:
         ors.append(_in(col, exact))
     if v4:
-        nets = _any(f"x BETWEEN {int(n.network_address)} AND {int(n.broadcast_address)}" for n in v4)
+        nets = _any(
+            f"x BETWEEN {int(n.network_address)} AND {int(n.broadcast_address)}" for n in v4
+        )
         ors.append(_let(f"fp_ip4any({col})", "x", nets))
     if v6:
-        nets = _any(f"x BETWEEN {int(n.network_address)}::UHUGEINT AND {int(n.broadcast_address)}::UHUGEINT"
-                    for n in v6)
-        ors.append(_let(f"fp_ipv6({col})", "x", f"({nets} AND NOT x BETWEEN {_MAPPED[0]} AND {_MAPPED[1]})"))
+        nets = _any(
+            f"x BETWEEN {int(n.network_address)}::UHUGEINT AND {int(n.broadcast_address)}::UHUGEINT"
+            for n in v6
+        )
+        ors.append(
+            _let(
+                f"fp_ipv6({col})", "x", f"({nets} AND NOT x BETWEEN {_MAPPED[0]} AND {_MAPPED[1]})"
+            )
+        )
     return f"(coalesce({col}, '') <> '' AND coalesce({_any(ors)}, FALSE))"
 
 
@@ -420,7 +453,9 @@ def _check_key(key: str) -> None:
     if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         raise FilterError(f"invalid label key {key!r}: prefix must be a DNS subdomain")
     if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
-        raise FilterError(f"invalid label key {key!r}: name must be 63 characters of [-A-Za-z0-9_.]")
+        raise FilterError(
+            f"invalid label key {key!r}: name must be 63 characters of [-A-Za-z0-9_.]"
+        )
 
 
 def _check_value(value: str) -> None:
@@ -557,8 +592,14 @@ def flow_filter_sql(f: FlowFilter) -> str:
     if f.HasField("experimental") and f.experimental.cel_expression:
         raise FilterError("experimental.cel_expression filters are not supported by flowpipe")
     for name, what in HTTP_FIELDS.items():
-        if len(getattr(f, name)) and f.event_type and not any(t.type == L7_EVENT_TYPE for t in f.event_type):
-            raise FilterError(f"filtering by {what} requires the event type filter to only match 'l7' events")
+        if (
+            len(getattr(f, name))
+            and f.event_type
+            and not any(t.type == L7_EVENT_TYPE for t in f.event_type)
+        ):
+            raise FilterError(
+                f"filtering by {what} requires the event type filter to only match 'l7' events"
+            )
     c: list[str] = []
     if f.uuid:
         c.append(_uuids(f.uuid))
@@ -569,7 +610,9 @@ def flow_filter_sql(f: FlowFilter) -> str:
     if f.drop_reason_desc:
         c.append(f"(verdict = {DROPPED} AND {_in('drop_reason_desc', f.drop_reason_desc)})")
     if f.reply:
-        c.append(f"((is_reply IS NOT NULL OR verdict = {DROPPED}) AND {_in('coalesce(is_reply, FALSE)', f.reply)})")
+        c.append(
+            f"((is_reply IS NOT NULL OR verdict = {DROPPED}) AND {_in('coalesce(is_reply, FALSE)', f.reply)})"
+        )
     if f.encrypted:
         c.append(_in("coalesce(IP.encrypted, FALSE)", f.encrypted))
     if f.source_identity:
@@ -578,24 +621,41 @@ def flow_filter_sql(f: FlowFilter) -> str:
         c.append(_in("coalesce(destination.identity, 0)", f.destination_identity))
     if f.protocol:
         c.append(_protocols(f.protocol))
-    for field, col in (("source_ip", "IP.source"), ("destination_ip", "IP.destination"),
-                       ("source_ip_xlated", "IP.source_xlated")):
+    for field, col in (
+        ("source_ip", "IP.source"),
+        ("destination_ip", "IP.destination"),
+        ("source_ip_xlated", "IP.source_xlated"),
+    ):
         if getattr(f, field):
             c.append(_ips(getattr(f, field), col))
     if f.source_pod:
         c.append(_namespaced(f.source_pod, "source.namespace", "source.pod_name", ""))
     if f.destination_pod:
-        c.append(_namespaced(f.destination_pod, "destination.namespace", "destination.pod_name", ""))
+        c.append(
+            _namespaced(f.destination_pod, "destination.namespace", "destination.pod_name", "")
+        )
     if f.source_workload:
         c.append(_workloads(f.source_workload, "source"))
     if f.destination_workload:
         c.append(_workloads(f.destination_workload, "destination"))
     if f.source_service:
-        c.append(_namespaced(f.source_service, "source_service.namespace", "source_service.name",
-                             "invalid source service filter: "))
+        c.append(
+            _namespaced(
+                f.source_service,
+                "source_service.namespace",
+                "source_service.name",
+                "invalid source service filter: ",
+            )
+        )
     if f.destination_service:
-        c.append(_namespaced(f.destination_service, "destination_service.namespace",
-                             "destination_service.name", "invalid destination service filter: "))
+        c.append(
+            _namespaced(
+                f.destination_service,
+                "destination_service.namespace",
+                "destination_service.name",
+                "invalid destination service filter: ",
+            )
+        )
     if f.source_fqdn:
         c.append(_fqdn(f.source_fqdn, "source_names"))
     if f.destination_fqdn:
@@ -619,7 +679,9 @@ def flow_filter_sql(f: FlowFilter) -> str:
         methods = _in("lower(l7.http.method)", [m.lower() for m in f.http_method])
         c.append(f"(coalesce(l7.http.method, '') <> '' AND {methods})")
     if f.http_path:
-        c.append(f"coalesce({_regexes(f.http_path, 'fp_http_path(l7.http.url)', 'http path')}, FALSE)")
+        c.append(
+            f"coalesce({_regexes(f.http_path, 'fp_http_path(l7.http.url)', 'http path')}, FALSE)"
+        )
     if f.http_url:
         url = _regexes(f.http_url, "l7.http.url", "http url")
         c.append(f"(coalesce(l7.http.url, '') <> '' AND {url})")
@@ -675,7 +737,10 @@ def prefilter(allow: Sequence[FlowFilter]) -> str | None:
         types = {int(t.type) for t in f.event_type}
         if f.event_type and 0 not in types:
             terms.append(_in("event_type.type", types))
-        for field, col in (("source_pod", "source.namespace"), ("destination_pod", "destination.namespace")):
+        for field, col in (
+            ("source_pod", "source.namespace"),
+            ("destination_pod", "destination.namespace"),
+        ):
             names = list(getattr(f, field))
             spaces = {v.split("/")[0] if "/" in v else "default" for v in names}
             if names and "" not in spaces:
@@ -721,7 +786,11 @@ def parse_raw_filters(value: Any) -> tuple[list[FlowFilter], list[FlowFilter]]:
     doc = _load(value)
     if doc is None:
         return [], []
-    if isinstance(doc, dict) and set(doc) <= {"allowlist", "denylist", "whitelist", "blacklist"} and doc:
+    if (
+        isinstance(doc, dict)
+        and set(doc) <= {"allowlist", "denylist", "whitelist", "blacklist"}
+        and doc
+    ):
         allow = doc.get("allowlist", doc.get("whitelist")) or []
         deny = doc.get("denylist", doc.get("blacklist")) or []
         if not isinstance(allow, list) or not isinstance(deny, list):
@@ -735,7 +804,11 @@ def parse_filter_list(value: Any) -> list[FlowFilter]:
     doc = _load(value)
     if doc is None:
         return []
-    if isinstance(doc, dict) and doc and set(doc) <= {"allowlist", "denylist", "whitelist", "blacklist"}:
+    if (
+        isinstance(doc, dict)
+        and doc
+        and set(doc) <= {"allowlist", "denylist", "whitelist", "blacklist"}
+    ):
         allow, deny = parse_raw_filters(doc)
         if deny:
             raise FilterError("this filter list has a denylist: pass it as deny filters instead")

@@ -28,8 +28,9 @@ RATE_KEEP = 300.0  # generated files older than this are deleted, so an endless 
 RATE_SOURCE_MAX = 10_000  # recorded flows cycled through by --rate
 
 
-def write_responses(store: Store, responses: Iterable[observer_pb2.GetFlowsResponse], *,
-                    cluster: str | None = None) -> int:
+def write_responses(
+    store: Store, responses: Iterable[observer_pb2.GetFlowsResponse], *, cluster: str | None = None
+) -> int:
     """Commit responses to store as a collector would (cluster: given, else node_name prefix, else default)."""
     by_cluster: dict[str, list[bytes]] = {}
     for resp in responses:
@@ -87,7 +88,9 @@ class RateGenerator(threading.Thread):
                     i = (i + n) % len(self.source)
                     self._write(batch)
                 self._expire()
-        except Exception as exc:  # reported by ReplayServer.check(); a dead generator must not pass silently
+        except (
+            Exception
+        ) as exc:  # reported by ReplayServer.check(); a dead generator must not pass silently
             self.error = exc
 
     def _write(self, batch: list[tuple[str, flow_pb2.Flow]]) -> None:
@@ -98,12 +101,18 @@ class RateGenerator(threading.Thread):
             flow = flow_pb2.Flow()
             flow.CopyFrom(f)
             flow.uuid = str(uuid.uuid4())
-            flow.time.seconds, flow.time.nanos = divmod(now - (len(batch) - 1 - k) * step, 1_000_000_000)
-            resp = observer_pb2.GetFlowsResponse(flow=flow, node_name=flow.node_name, time=flow.time)
+            flow.time.seconds, flow.time.nanos = divmod(
+                now - (len(batch) - 1 - k) * step, 1_000_000_000
+            )
+            resp = observer_pb2.GetFlowsResponse(
+                flow=flow, node_name=flow.node_name, time=flow.time
+            )
             by_cluster.setdefault(c, []).append(resp)
         files = []
         for c, resps in by_cluster.items():
-            flows, _ = decode.split_responses(decode.decode_responses([r.SerializeToString() for r in resps]))
+            flows, _ = decode.split_responses(
+                decode.decode_responses([r.SerializeToString() for r in resps])
+            )
             files += self.store.write(c, storage.to_storage(flows), None).files
         self.generated += len(batch)
         self._files.append((time.monotonic(), files))
@@ -126,10 +135,21 @@ class ReplayServer:
     ReplayServer(paths or responses, port=..., follow=..., rate=..., abort_after=..., lost_events_every=...)
     .start() / .stop() / .restart() (same port) / .feed(responses) / .close() (removes the store)."""
 
-    def __init__(self, paths: Sequence[str] = (), responses: Iterable[observer_pb2.GetFlowsResponse] = (), *,
-                 port: int = 0, host: str = "127.0.0.1", cluster: str | None = None, follow: bool = False,
-                 rate: float = 0.0, abort_after: int = 0, lost_events_every: int = 0,
-                 tls: server.ServerTLS | None = None, poll_interval: float = 0.2):
+    def __init__(
+        self,
+        paths: Sequence[str] = (),
+        responses: Iterable[observer_pb2.GetFlowsResponse] = (),
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        cluster: str | None = None,
+        follow: bool = False,
+        rate: float = 0.0,
+        abort_after: int = 0,
+        lost_events_every: int = 0,
+        tls: server.ServerTLS | None = None,
+        poll_interval: float = 0.2,
+    ):
         self.tmp = Path(tempfile.mkdtemp(prefix="flowpipe-replay-"))
         try:
             self.store = Store(self.tmp / "store")
@@ -137,7 +157,9 @@ class ReplayServer:
             self.cluster = cluster
             self.imported = 0
             if paths:
-                report = importer.import_files(self.store, list(paths), cluster=cluster, strict=True)
+                report = importer.import_files(
+                    self.store, list(paths), cluster=cluster, strict=True
+                )
                 self.imported += report.flows
             self.imported += write_responses(self.store, responses, cluster=cluster)
             self.rate = RateGenerator(self.store, rate) if rate > 0 else None
@@ -145,9 +167,15 @@ class ReplayServer:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         faults = server.Faults(abort_after=abort_after, lost_events_every=lost_events_every)
-        self._server = server.FlowServer(self.store, f"{host}:{port}", tls=tls, faults=faults,
-                                         follow_all=follow, poll_interval=poll_interval,
-                                         node_name="flowpipe-replay")
+        self._server = server.FlowServer(
+            self.store,
+            f"{host}:{port}",
+            tls=tls,
+            faults=faults,
+            follow_all=follow,
+            poll_interval=poll_interval,
+            node_name="flowpipe-replay",
+        )
         self.host = host
         self.port = port
 
@@ -214,7 +242,9 @@ def replay(paths: Sequence[str], listen: str, *, on_ready=None, **options) -> No
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--listen {listen!r} must be HOST:PORT")
-    rs = ReplayServer(paths, port=int(port), host=host.strip("[]") if host.startswith("[") else host, **options)
+    rs = ReplayServer(
+        paths, port=int(port), host=host.strip("[]") if host.startswith("[") else host, **options
+    )
     try:
         rs.start()
         if on_ready:
@@ -229,7 +259,9 @@ def replay(paths: Sequence[str], listen: str, *, on_ready=None, **options) -> No
 class ReplayProcess:
     """`flowpipe replay` as a subprocess on 127.0.0.1:port, for tests that kill and restart a relay."""
 
-    def __init__(self, paths: Sequence[str], port: int, *, extra_args: Sequence[str] = (), **options):
+    def __init__(
+        self, paths: Sequence[str], port: int, *, extra_args: Sequence[str] = (), **options
+    ):
         self.paths = [str(p) for p in paths]
         self.port = port
         self.args = list(extra_args)
@@ -243,13 +275,26 @@ class ReplayProcess:
 
     def start(self, timeout: float = 30.0) -> ReplayProcess:
         """Spawn and wait until the port accepts connections."""
-        cmd = [sys.executable, "-m", "flowpipe.cli", "replay", *self.paths,
-               "--listen", f"127.0.0.1:{self.port}", "--plaintext", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "flowpipe.cli",
+            "replay",
+            *self.paths,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--plaintext",
+            *self.args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+                err = (
+                    self.proc.stderr.read().decode(errors="replace").strip()
+                    if self.proc.stderr
+                    else ""
+                )
                 raise ConfigError(f"replay exited with {self.proc.returncode}: {err}")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:

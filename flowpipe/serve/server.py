@@ -28,13 +28,18 @@ from flowpipe.views import catalog as views
 VERSION = f"flowpipe {__version__}"
 JUMP = 256  # an empty window looks for the next match this many window widths ahead
 PAGE = 10_000  # flows per query and per reconstruction batch (a query costs ~0.1-0.3 s however few it returns)
-MIN_NS, MAX_NS = -9_000_000_000_000_000_000, 9_200_000_000_000_000_000  # inside DuckDB's TIMESTAMP_NS
+MIN_NS, MAX_NS = (
+    -9_000_000_000_000_000_000,
+    9_200_000_000_000_000_000,
+)  # inside DuckDB's TIMESTAMP_NS
 SECOND = 1_000_000_000
 KEY_UUID = "coalesce(CAST(_uuid AS VARCHAR), uuid, '')"
 KEY_FP = "coalesce(_fp, 0)"
 COLUMNS = f"* EXCLUDE (_uuid, uuid, filename, date, hour), {KEY_UUID} AS uuid, {KEY_FP} AS k_fp, epoch_ns(time) AS k_t"
 ORDER = "time, cluster, uuid, k_fp"
-Key = tuple[int, str, str, int]  # (time ns, cluster, uuid, fingerprint): a total order of stored flows
+Key = tuple[
+    int, str, str, int
+]  # (time ns, cluster, uuid, fingerprint): a total order of stored flows
 
 
 @dataclass
@@ -97,7 +102,9 @@ def wrap_flow(body: bytes, node_name: str | None, time_ns: int | None) -> bytes:
     if time_ns is not None:
         sec, nanos = divmod(time_ns, SECOND)
         # int64 seconds: negative values go on the wire as 64-bit two's complement
-        ts = (b"\x08" + _varint(sec & 0xFFFF_FFFF_FFFF_FFFF) if sec else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
+        ts = (b"\x08" + _varint(sec & 0xFFFF_FFFF_FFFF_FFFF) if sec else b"") + (
+            b"\x10" + _varint(nanos) if nanos else b""
+        )
         out += b"\xca\x3e" + _varint(len(ts)) + ts  # field 1001
     return out
 
@@ -108,7 +115,9 @@ def _timestamp(ns: int):
     return Timestamp(seconds=ns // SECOND, nanos=ns % SECOND)
 
 
-def lost_event_response(source: int, count: int, when_ns: int, node: str, cpu: int | None = None) -> bytes:
+def lost_event_response(
+    source: int, count: int, when_ns: int, node: str, cpu: int | None = None
+) -> bytes:
     """A serialized GetFlowsResponse carrying a LostEvent."""
     ev = flow_pb2.LostEvent(source=source, num_events_lost=count)
     if cpu is not None:
@@ -164,9 +173,13 @@ class StoreReader:
         new = self.new_files()
         return f"filename NOT IN {_files_sql(new)}" if new else "TRUE"
 
-    def _count(self, cond: str, view: str = "flows_proto_files", files: set[str] | None = None) -> int:
+    def _count(
+        self, cond: str, view: str = "flows_proto_files", files: set[str] | None = None
+    ) -> int:
         with self.store.read_lock():
-            return self.con.sql(f"SELECT count(*) FROM {view} WHERE {cond} AND {self._scope(files)}").fetchall()[0][0]
+            return self.con.sql(
+                f"SELECT count(*) FROM {view} WHERE {cond} AND {self._scope(files)}"
+            ).fetchall()[0][0]
 
     def next_match(self, t: int, until: int, files: set[str] | None) -> int | None:
         """Time of the first matching flow with t <= time <= until: skips gaps without empty windows."""
@@ -198,11 +211,24 @@ class StoreReader:
             rows = self.con.sql(sql).fetchall()
         return tuple(rows[0]) if rows else None
 
-    def page(self, lo: int, hi: int, after: Key | None, inclusive: bool, limit: int,
-             files: set[str] | None) -> pa.Table:
+    def page(
+        self,
+        lo: int,
+        hi: int,
+        after: Key | None,
+        inclusive: bool,
+        limit: int,
+        files: set[str] | None,
+    ) -> pa.Table:
         """Matching flows with lo <= time < hi after key `after`, in key order, at most limit."""
-        conds = [f"time >= {_ts_sql(lo)}", f"time < {_ts_sql(hi)}", f"date >= {_date_sql(lo)}",
-                 f"date <= {_date_sql(hi)}", self._scope(files), self.where]
+        conds = [
+            f"time >= {_ts_sql(lo)}",
+            f"time < {_ts_sql(hi)}",
+            f"date >= {_date_sql(lo)}",
+            f"date <= {_date_sql(hi)}",
+            self._scope(files),
+            self.where,
+        ]
         if after is not None:
             t, c, u, f = after
             last = ">=" if inclusive else ">"
@@ -234,7 +260,9 @@ class StoreReader:
                 ev.first.CopyFrom(_timestamp(first))
             if last is not None:
                 ev.last.CopyFrom(_timestamp(last))
-            resp = observer_pb2.GetFlowsResponse(lost_events=ev, node_name=node or "", time=_timestamp(t))
+            resp = observer_pb2.GetFlowsResponse(
+                lost_events=ev, node_name=node or "", time=_timestamp(t)
+            )
             out.append((t, resp.SerializeToString()))
         return out
 
@@ -251,8 +279,15 @@ def _chunks(table: pa.Table) -> list[tuple[int, bytes]]:
     return [(t, wrap_flow(b, n, t)) for t, n, b in zip(times, nodes, bodies)]
 
 
-def read_range(reader: StoreReader, start: Key | int, end: int, limit: int | None, files: set[str] | None,
-               active, density: float) -> Iterator[tuple[int, bytes, bool]]:
+def read_range(
+    reader: StoreReader,
+    start: Key | int,
+    end: int,
+    limit: int | None,
+    files: set[str] | None,
+    active,
+    density: float,
+) -> Iterator[tuple[int, bytes, bool]]:
     """(time, response, is_flow) in time order from start (a key, inclusive, or a time) to end (inclusive).
 
     Each query reads one window of time sized to hold about a page (density = flows per ns);
@@ -270,10 +305,16 @@ def read_range(reader: StoreReader, start: Key | int, end: int, limit: int | Non
         rows = _chunks(table) if table.num_rows else []
         if remaining is not None:
             remaining -= len(rows)
-        if len(rows) == want:  # window not exhausted (or limit reached): continue after the last key
+        if (
+            len(rows) == want
+        ):  # window not exhausted (or limit reached): continue after the last key
             last = table.slice(table.num_rows - 1)
-            after = (rows[-1][0], last.column("cluster")[0].as_py(), last.column("uuid")[0].as_py(),
-                     last.column("k_fp")[0].as_py())
+            after = (
+                rows[-1][0],
+                last.column("cluster")[0].as_py(),
+                last.column("uuid")[0].as_py(),
+                last.column("k_fp")[0].as_py(),
+            )
             inclusive = False
             covered = lo = rows[-1][0]
             width = max(width // 2, 1_000_000)
@@ -290,14 +331,20 @@ def read_range(reader: StoreReader, start: Key | int, end: int, limit: int | Non
                     covered, lo = horizon, horizon + 1
                 elif nxt > lo:
                     covered, lo = nxt - 1, nxt
-        lost = reader.lost_events(lost_lo, covered, files) if reader.has_lost and covered >= lost_lo else []
+        lost = (
+            reader.lost_events(lost_lo, covered, files)
+            if reader.has_lost and covered >= lost_lo
+            else []
+        )
         lost_lo = covered + 1
         yield from _merge(rows, lost)
         if remaining is not None and remaining <= 0:
             return
 
 
-def _merge(rows: list[tuple[int, bytes]], lost: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes, bool]]:
+def _merge(
+    rows: list[tuple[int, bytes]], lost: list[tuple[int, bytes]]
+) -> Iterator[tuple[int, bytes, bool]]:
     i = 0
     for t, b in rows:
         while i < len(lost) and lost[i][0] < t:
@@ -320,12 +367,21 @@ def _ns(ts) -> int:
 class ObserverService:
     """observer.Observer over a store, streaming pre-serialized responses."""
 
-    def __init__(self, store: Store, *, poll_interval: float = 0.5, faults: Faults | None = None,
-                 follow_all: bool = False, node_name: str = "flowpipe"):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        poll_interval: float = 0.5,
+        faults: Faults | None = None,
+        follow_all: bool = False,
+        node_name: str = "flowpipe",
+    ):
         self.store = store
         self.poll_interval = poll_interval
         self.faults = faults or Faults()
-        self.follow_all = follow_all  # replay --follow: every call gets all history, then stays open
+        self.follow_all = (
+            follow_all  # replay --follow: every call gets all history, then stays open
+        )
         self.node_name = node_name
         self.started = time.monotonic()
         self._base: duckdb.DuckDBPyConnection | None = None
@@ -342,29 +398,45 @@ class ObserverService:
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler whose GetFlows yields bytes (no per-message serializer)."""
         req = observer_pb2
-        return grpc.method_handlers_generic_handler("observer.Observer", {
-            "GetFlows": grpc.unary_stream_rpc_method_handler(
-                self.GetFlows, request_deserializer=req.GetFlowsRequest.FromString),
-            "GetAgentEvents": grpc.unary_stream_rpc_method_handler(
-                self.GetAgentEvents, request_deserializer=req.GetAgentEventsRequest.FromString,
-                response_serializer=req.GetAgentEventsResponse.SerializeToString),
-            "GetDebugEvents": grpc.unary_stream_rpc_method_handler(
-                self.GetDebugEvents, request_deserializer=req.GetDebugEventsRequest.FromString,
-                response_serializer=req.GetDebugEventsResponse.SerializeToString),
-            "GetNodes": grpc.unary_unary_rpc_method_handler(
-                self.GetNodes, request_deserializer=req.GetNodesRequest.FromString,
-                response_serializer=req.GetNodesResponse.SerializeToString),
-            "GetNamespaces": grpc.unary_unary_rpc_method_handler(
-                self.GetNamespaces, request_deserializer=req.GetNamespacesRequest.FromString,
-                response_serializer=req.GetNamespacesResponse.SerializeToString),
-            "ServerStatus": grpc.unary_unary_rpc_method_handler(
-                self.ServerStatus, request_deserializer=req.ServerStatusRequest.FromString,
-                response_serializer=req.ServerStatusResponse.SerializeToString),
-        })
+        return grpc.method_handlers_generic_handler(
+            "observer.Observer",
+            {
+                "GetFlows": grpc.unary_stream_rpc_method_handler(
+                    self.GetFlows, request_deserializer=req.GetFlowsRequest.FromString
+                ),
+                "GetAgentEvents": grpc.unary_stream_rpc_method_handler(
+                    self.GetAgentEvents,
+                    request_deserializer=req.GetAgentEventsRequest.FromString,
+                    response_serializer=req.GetAgentEventsResponse.SerializeToString,
+                ),
+                "GetDebugEvents": grpc.unary_stream_rpc_method_handler(
+                    self.GetDebugEvents,
+                    request_deserializer=req.GetDebugEventsRequest.FromString,
+                    response_serializer=req.GetDebugEventsResponse.SerializeToString,
+                ),
+                "GetNodes": grpc.unary_unary_rpc_method_handler(
+                    self.GetNodes,
+                    request_deserializer=req.GetNodesRequest.FromString,
+                    response_serializer=req.GetNodesResponse.SerializeToString,
+                ),
+                "GetNamespaces": grpc.unary_unary_rpc_method_handler(
+                    self.GetNamespaces,
+                    request_deserializer=req.GetNamespacesRequest.FromString,
+                    response_serializer=req.GetNamespacesResponse.SerializeToString,
+                ),
+                "ServerStatus": grpc.unary_unary_rpc_method_handler(
+                    self.ServerStatus,
+                    request_deserializer=req.ServerStatusRequest.FromString,
+                    response_serializer=req.ServerStatusResponse.SerializeToString,
+                ),
+            },
+        )
 
     # -------------------------------------------------------------- GetFlows
 
-    def GetFlows(self, request: observer_pb2.GetFlowsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+    def GetFlows(
+        self, request: observer_pb2.GetFlowsRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         """Stored flows per Hubble's number/first/follow/since/until rules, then live ones if follow."""
         if request.first and request.follow:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
@@ -381,7 +453,9 @@ class ObserverService:
             reader = StoreReader(self.store, where, con)
             yield from self._with_faults(self._flows(reader, request, since, until, done), context)
         except duckdb.Error as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"store query failed: {str(exc).splitlines()[0]}")
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"store query failed: {str(exc).splitlines()[0]}"
+            )
         finally:
             con.close()
 
@@ -392,17 +466,25 @@ class ObserverService:
             yield data
             sent += 1
             if f.abort_after and sent >= f.abort_after:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"replay: stream aborted after {sent} responses")
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"replay: stream aborted after {sent} responses"
+                )
             if is_flow and f.lost_events_every:
                 flows += 1
                 if flows % f.lost_events_every == 0:
-                    yield lost_event_response(2, 1, time.time_ns(), self.node_name)  # OBSERVER_EVENTS_QUEUE
+                    yield lost_event_response(
+                        2, 1, time.time_ns(), self.node_name
+                    )  # OBSERVER_EVENTS_QUEUE
                     sent += 1
                     if f.abort_after and sent >= f.abort_after:
-                        context.abort(grpc.StatusCode.UNAVAILABLE, f"replay: stream aborted after {sent} responses")
+                        context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"replay: stream aborted after {sent} responses",
+                        )
 
-    def _flows(self, reader: StoreReader, req, since: int | None, until: int | None,
-               done: threading.Event) -> Iterator[tuple[int, bytes, bool]]:
+    def _flows(
+        self, reader: StoreReader, req, since: int | None, until: int | None, done: threading.Event
+    ) -> Iterator[tuple[int, bytes, bool]]:
         follow = req.follow or (self.follow_all and not req.first)
         number = req.number
         end = MAX_NS if until is None else until
@@ -431,7 +513,9 @@ class ObserverService:
             return
         yield from self._live(reader, until, done)
 
-    def _live(self, reader: StoreReader, until: int | None, done: threading.Event) -> Iterator[tuple[int, bytes, bool]]:
+    def _live(
+        self, reader: StoreReader, until: int | None, done: threading.Event
+    ) -> Iterator[tuple[int, bytes, bool]]:
         """Flows and lost events from files committed after the call started, batch by batch."""
         while not done.wait(self.poll_interval):
             new = reader.new_files()
@@ -446,16 +530,26 @@ class ObserverService:
             # lost events may lie outside the flows' span
             events = reader.lost_events(MIN_NS, MAX_NS if until is None else until, new)
             density = span[2] / max(span[1] - span[0], 1) if span else 0.0
-            rows = read_range(reader, lo, hi, None, new, lambda: not done.is_set(), density) if lo <= hi else iter(())
+            rows = (
+                read_range(reader, lo, hi, None, new, lambda: not done.is_set(), density)
+                if lo <= hi
+                else iter(())
+            )
             yield from _merge([(t, b) for t, b, is_flow in rows if is_flow], events)
             if until is not None and reader.any_after(until, new):
                 return  # Hubble ends the stream at the first event past `until`
 
     def GetAgentEvents(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetAgentEvents not implemented: flowpipe stores flows only")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "GetAgentEvents not implemented: flowpipe stores flows only",
+        )
 
     def GetDebugEvents(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetDebugEvents not implemented: flowpipe stores flows only")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "GetDebugEvents not implemented: flowpipe stores flows only",
+        )
 
     # -------------------------------------------------------------- status
 
@@ -473,10 +567,16 @@ class ObserverService:
         total, recent = self._rows(
             f"SELECT count(*), count(*) FILTER (WHERE time >= {minute_ago}) FROM flows_proto"
         )[0]
-        nodes = self._rows("SELECT count(DISTINCT cluster || '/' || node_name) FROM flows_proto")[0][0]
+        nodes = self._rows("SELECT count(DISTINCT cluster || '/' || node_name) FROM flows_proto")[
+            0
+        ][0]
         resp = observer_pb2.ServerStatusResponse(
-            num_flows=total, max_flows=total, seen_flows=total, version=VERSION,
-            uptime_ns=int((time.monotonic() - self.started) * SECOND), flows_rate=recent / 60.0,
+            num_flows=total,
+            max_flows=total,
+            seen_flows=total,
+            version=VERSION,
+            uptime_ns=int((time.monotonic() - self.started) * SECOND),
+            flows_rate=recent / 60.0,
         )
         resp.num_connected_nodes.value = nodes
         resp.num_unavailable_nodes.value = 0
@@ -489,11 +589,20 @@ class ObserverService:
             "count(*) FROM flows_proto WHERE coalesce(node_name, '') <> '' GROUP BY n ORDER BY n"
         )
         up = int((time.monotonic() - self.started) * SECOND)
-        return observer_pb2.GetNodesResponse(nodes=[
-            observer_pb2.Node(name=n, version=VERSION, state=relay_pb2.NODE_CONNECTED, uptime_ns=up,
-                              num_flows=c, max_flows=c, seen_flows=c)
-            for n, c in rows
-        ])
+        return observer_pb2.GetNodesResponse(
+            nodes=[
+                observer_pb2.Node(
+                    name=n,
+                    version=VERSION,
+                    state=relay_pb2.NODE_CONNECTED,
+                    uptime_ns=up,
+                    num_flows=c,
+                    max_flows=c,
+                    seen_flows=c,
+                )
+                for n, c in rows
+            ]
+        )
 
     def GetNamespaces(self, request, context) -> observer_pb2.GetNamespacesResponse:
         """(cluster, namespace) of every endpoint in the store."""
@@ -513,8 +622,15 @@ class ObserverService:
 class FlowServer:
     """A gRPC server running ObserverService on one address; start, stop and start again."""
 
-    def __init__(self, store: Store, listen: str, *, tls: ServerTLS | None = None, max_workers: int = 32,
-                 **service_options):
+    def __init__(
+        self,
+        store: Store,
+        listen: str,
+        *,
+        tls: ServerTLS | None = None,
+        max_workers: int = 32,
+        **service_options,
+    ):
         self.store = store
         self.listen = listen
         self.tls = tls
@@ -526,7 +642,9 @@ class FlowServer:
     def start(self) -> int:
         """Bind and serve in background threads; return the bound port."""
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="flowpipe-serve"),
+            futures.ThreadPoolExecutor(
+                max_workers=self.max_workers, thread_name_prefix="flowpipe-serve"
+            ),
             handlers=[self.service.handler()],
             options=[("grpc.so_reuseport", 0)],
         )
@@ -555,7 +673,9 @@ class FlowServer:
             self._server.wait_for_termination()
 
 
-def serve(store: Store, listen: str, *, tls: ServerTLS | None = None, on_ready=None, **service_options) -> None:
+def serve(
+    store: Store, listen: str, *, tls: ServerTLS | None = None, on_ready=None, **service_options
+) -> None:
     """Serve the Observer API over store until interrupted."""
     server = FlowServer(store, listen, tls=tls, **service_options)
     port = server.start()

@@ -31,7 +31,9 @@ from flowpipe.store.layout import (
 HOUR_NS = 3_600_000_000_000
 COMPACT_SUFFIX = "-compact.parquet"  # readers following new files recognise merged ones by it
 TARGET_FILE_BYTES = 256 * 1024 * 1024
-ROW_GROUP = 32 * 1024  # rows (~50 MB of Arrow for typical flows): the merge holds one or two in memory
+ROW_GROUP = (
+    32 * 1024
+)  # rows (~50 MB of Arrow for typical flows): the merge holds one or two in memory
 FANOUT = 16  # files of one level merged into one of the next, in open hours
 FINAL = 1_000  # level of a closed hour's merged files
 SETTLE_S = 30.0  # seconds a committed file waits before an open hour's merge may take it
@@ -81,11 +83,24 @@ def compact(
     with store.compact_lock(wait=wait) as mine:
         if not mine:
             return CompactReport(skipped=True)
-        return _compact(store, keep, grace_s, min_files, now or now_ns(), SETTLE_S if settle_s is None else settle_s, stop)
+        return _compact(
+            store,
+            keep,
+            grace_s,
+            min_files,
+            now or now_ns(),
+            SETTLE_S if settle_s is None else settle_s,
+            stop,
+        )
 
 
 def _compact(
-    store: Store, keep: float | None, grace_s: float, min_files: int, now: int, settle_s: float,
+    store: Store,
+    keep: float | None,
+    grace_s: float,
+    min_files: int,
+    now: int,
+    settle_s: float,
     stop: threading.Event | None,
 ) -> CompactReport:
     report = CompactReport()
@@ -119,7 +134,9 @@ def _remove_partition(store: Store, part: Path) -> int:
             if not any(date_dir.iterdir()):
                 date_dir.rmdir()
         except OSError as exc:
-            raise StoreError(f"store {store.root}: {_describe_os_error(exc, f'removing {part}')}") from exc
+            raise StoreError(
+                f"store {store.root}: {_describe_os_error(exc, f'removing {part}')}"
+            ) from exc
     return len(files)
 
 
@@ -132,7 +149,9 @@ def level(path: Path) -> int:
     return int(m.group(1)) if m else FINAL
 
 
-def _merge_open(store: Store, part: Path, settled_ns: int, report: CompactReport, stop: threading.Event | None) -> None:
+def _merge_open(
+    store: Store, part: Path, settled_ns: int, report: CompactReport, stop: threading.Event | None
+) -> None:
     """Merge FANOUT files of one level into one of the next, while any level has that many.
 
     An hour still being written gets a file every few seconds per collector; scanning thousands
@@ -162,7 +181,12 @@ def _merge_open(store: Store, part: Path, settled_ns: int, report: CompactReport
 
 
 def _merge(
-    store: Store, part: Path, files: list[Path], report: CompactReport, *, tag: str = "",
+    store: Store,
+    part: Path,
+    files: list[Path],
+    report: CompactReport,
+    *,
+    tag: str = "",
     stop: threading.Event | None = None,
 ) -> None:
     """Stream files (oldest first) into new files of at most TARGET_FILE_BYTES, then swap.
@@ -219,7 +243,9 @@ def _merge(
                 table = source.read_row_group(i)
                 for col in schema.names:
                     if col not in table.column_names:
-                        table = table.append_column(col, pa.nulls(table.num_rows, schema.field(col).type))
+                        table = table.append_column(
+                            col, pa.nulls(table.num_rows, schema.field(col).type)
+                        )
                 pending.append(table.select(schema.names).cast(schema))
                 flush()
         flush(final=True)
@@ -238,7 +264,9 @@ def _merge(
                 tmp.unlink()
         if isinstance(exc, _Stopped):
             return  # asked to stop: nothing was swapped, the inputs stay
-        reason = _describe_os_error(exc, f"compacting {part}") if isinstance(exc, OSError) else str(exc)
+        reason = (
+            _describe_os_error(exc, f"compacting {part}") if isinstance(exc, OSError) else str(exc)
+        )
         raise StoreError(f"store {store.root}: {reason}") from exc
     # The swap is the only moment readers must not list the directory: new files in, old out.
     with store.swap_lock():

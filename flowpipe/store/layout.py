@@ -103,7 +103,9 @@ class Store:
             (self.root / LOCK).touch(exist_ok=True)
             self._write_schema_files()
         except OSError as exc:
-            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'creating it')}") from exc
+            raise StoreError(
+                f"store {self.root}: {_describe_os_error(exc, 'creating it')}"
+            ) from exc
 
     def _write_schema_files(self) -> None:
         # An empty file with the current schema in every glob: views work on an empty store,
@@ -144,7 +146,11 @@ class Store:
         """Committed Parquet files of kind, optionally of one cluster, sorted by path."""
         base = self.root / kind
         pattern = f"cluster={cluster}/*/*/*.parquet" if cluster else "cluster=*/*/*/*.parquet"
-        return sorted(p for p in base.glob(pattern) if p.parent.parent.parent.name != f"cluster={SCHEMA_CLUSTER}")
+        return sorted(
+            p
+            for p in base.glob(pattern)
+            if p.parent.parent.parent.name != f"cluster={SCHEMA_CLUSTER}"
+        )
 
     def clusters(self) -> list[str]:
         """Clusters that have a flows or events partition."""
@@ -180,7 +186,9 @@ class Store:
         try:
             fd = os.open(self.root / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'locking it for compaction')}") from exc
+            raise StoreError(
+                f"store {self.root}: {_describe_os_error(exc, 'locking it for compaction')}"
+            ) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -208,13 +216,17 @@ class Store:
 
     # -------------------------------------------------------------- writing
 
-    def write(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
+    def write(
+        self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None
+    ) -> WriteResult:
         """Commit flows and events of one cluster: one file per hour partition, all or nothing each."""
         staged = self.stage(cluster, flows, events)
         self.publish(staged)
         return staged
 
-    def stage(self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None) -> WriteResult:
+    def stage(
+        self, cluster: str, flows: pa.Table | None, events: pa.Table | None = None
+    ) -> WriteResult:
         """Write files under .incoming/ without publishing them (see publish / discard)."""
         check_cluster(cluster)
         result = WriteResult()
@@ -256,7 +268,9 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.rename(final, tmp)
             self.discard(staged)
-            raise StoreError(f"store {self.root}: {_describe_os_error(exc, 'publishing files')}") from exc
+            raise StoreError(
+                f"store {self.root}: {_describe_os_error(exc, 'publishing files')}"
+            ) from exc
         staged.files.extend(final for _, final in staged.pending)
         staged.pending.clear()
 
@@ -267,7 +281,9 @@ class Store:
                 tmp.unlink()
         staged.pending.clear()
 
-    def _write_tmp(self, kind: str, cluster: str, hour_ns: int, table: pa.Table) -> tuple[Path, Path, int]:
+    def _write_tmp(
+        self, kind: str, cluster: str, hour_ns: int, table: pa.Table
+    ) -> tuple[Path, Path, int]:
         final_dir = self.partition_dir(kind, cluster, hour_ns)
         first = pc.min(table.column("time")).value if table.num_rows else 0
         name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
@@ -283,7 +299,9 @@ class Store:
         except (OSError, pa.ArrowException) as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            reason = _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            reason = (
+                _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            )
             raise StoreError(f"store {self.root}: {reason}") from exc
 
     def clean_incoming(self) -> int:
@@ -405,7 +423,10 @@ def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     span = pc.min_max(hours)
     if span["min"] == span["max"]:
         # the usual case (one flush, one hour): skip the filter copy; sort only if needed
-        ordered = len(times) < 2 or pc.all(pc.less_equal(times.slice(0, len(times) - 1), times.slice(1))).as_py()
+        ordered = (
+            len(times) < 2
+            or pc.all(pc.less_equal(times.slice(0, len(times) - 1), times.slice(1))).as_py()
+        )
         yield span["min"].as_py(), table if ordered else table.take(pc.sort_indices(times))
         return
     table = table.append_column("__hour", hours)

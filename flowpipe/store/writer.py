@@ -61,7 +61,9 @@ class StreamWriter:
         except (OSError, pa.ArrowException) as exc:
             self.abort()
             what = f"writing {self.cluster}'s open files"
-            reason = _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            reason = (
+                _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
+            )
             raise StoreError(f"store {self.store.root}: {reason}") from exc
 
     def _writer(self, kind: str, hour_ns: int, part: pa.Table) -> pq.ParquetWriter:
@@ -89,7 +91,9 @@ class StreamWriter:
                 result.pending.append((tmp, final))
         except (OSError, pa.ArrowException) as exc:
             self.abort()
-            reason = _describe_os_error(exc, "closing files") if isinstance(exc, OSError) else str(exc)
+            reason = (
+                _describe_os_error(exc, "closing files") if isinstance(exc, OSError) else str(exc)
+            )
             raise StoreError(f"store {self.store.root}: {reason}") from exc
         self._open.clear()
         self.store.publish(result)

@@ -25,7 +25,10 @@ MACROS = {
     ),
     "allowed_by": ("(policies, name)", "list_contains(policies, name)"),
     "denied_by": ("(policies, name)", "list_contains(policies, name)"),
-    "http_status_class": ("(code)", "CASE WHEN code IS NULL THEN NULL ELSE (code // 100) || 'xx' END"),
+    "http_status_class": (
+        "(code)",
+        "CASE WHEN code IS NULL THEN NULL ELSE (code // 100) || 'xx' END",
+    ),
     "is_world": ("(labels)", "list_contains(labels, 'reserved:world')"),
     # every flag in wanted is set, like `hubble observe --tcp-flags SYN,ACK`
     "has_tcp_flags": ("(flags, wanted)", "list_has_all(flags, wanted)"),
@@ -50,9 +53,13 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _reader(store: Store, kind: str, files: list[str] | None = None, union_by_name: bool = True) -> str:
+def _reader(
+    store: Store, kind: str, files: list[str] | None = None, union_by_name: bool = True
+) -> str:
     # files: an explicit list (check's cluster and time window) instead of the store-wide glob
-    source = _quote(store.glob(kind)) if files is None else "[" + ", ".join(map(_quote, files)) + "]"
+    source = (
+        _quote(store.glob(kind)) if files is None else "[" + ", ".join(map(_quote, files)) + "]"
+    )
     return (
         f"read_parquet({source}, hive_partitioning = true, union_by_name = {str(union_by_name).lower()}, "
         "hive_types = {'cluster': VARCHAR, 'date': DATE, 'hour': INTEGER})"
@@ -60,7 +67,10 @@ def _reader(store: Store, kind: str, files: list[str] | None = None, union_by_na
 
 
 def view_sql(
-    store: Store, *, files: dict[str, list[str]] | None = None, where: str | None = None,
+    store: Store,
+    *,
+    files: dict[str, list[str]] | None = None,
+    where: str | None = None,
     same_schema: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Every statement that defines the views and macros, in order (files/where narrow the rows).
@@ -73,7 +83,12 @@ def view_sql(
     cond = f" WHERE {where}" if where else ""  # on stored columns (cluster, date, hour, time)
 
     def reader(kind: str) -> str:
-        return _reader(store, kind, files.get(kind), union_by_name=not (kind in same_schema and files.get(kind)))
+        return _reader(
+            store,
+            kind,
+            files.get(kind),
+            union_by_name=not (kind in same_schema and files.get(kind)),
+        )
 
     stmts = [
         f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {reader(FLOWS)}{cond}",
@@ -85,11 +100,16 @@ def view_sql(
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]
     stmts += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in CONVENIENCE_VIEWS.items()]
-    stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in MACROS.items()]
+    stmts += [
+        f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in MACROS.items()
+    ]
     # FlowFilter helpers (fp_*): what `flowpipe serve` filters compile to
     from flowpipe.serve.filters import MACROS as FILTER_MACROS
 
-    stmts += [f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in FILTER_MACROS.items()]
+    stmts += [
+        f"CREATE OR REPLACE MACRO {name}{args} AS {body}"
+        for name, (args, body) in FILTER_MACROS.items()
+    ]
     return stmts
 
 
@@ -198,7 +218,9 @@ def build_views(con: duckdb.DuckDBPyConnection, store: Store) -> None:
         con.execute(stmt)
 
 
-def connect(store: Store, *, memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    store: Store, *, memory_limit: str | None = None, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the store's views."""
     config = {}
     if memory_limit:

@@ -31,7 +31,11 @@ def _endpoint(prefix: str, ep: str, side: str) -> list[tuple[str, str, str]]:
         (f"{prefix}_labels", f"{ep}.labels", f"{who} labels, e.g. ['k8s:app=frontend', ...]"),
         (f"{prefix}_workload", f"nullif({ep}.workloads[1].name, '')", f"first {who} workload name"),
         (f"{prefix}_workloads", f"{ep}.workloads", f"{who} workloads (name, kind)"),
-        (f"{prefix}_cluster", f"nullif({ep}.cluster_name, '')", f"{who} cluster name (clustermesh)"),
+        (
+            f"{prefix}_cluster",
+            f"nullif({ep}.cluster_name, '')",
+            f"{who} cluster name (clustermesh)",
+        ),
         (f"{prefix}_endpoint_id", f"{ep}.ID", f"{who} Cilium endpoint ID"),
         (f"{prefix}_ip", f"nullif(IP.{side}, '')", f"{who} IP"),
         (f"{prefix}_port", _port(side), f"{who} L4 port (TCP, UDP, SCTP)"),
@@ -47,13 +51,21 @@ def _endpoint(prefix: str, ep: str, side: str) -> list[tuple[str, str, str]]:
 
 def _policies(field_name: str, what: str) -> list[tuple[str, str, str]]:
     return [
-        (field_name, f"list_transform({field_name}, lambda p: p.name)", f"names of policies that {what}"),
+        (
+            field_name,
+            f"list_transform({field_name}, lambda p: p.name)",
+            f"names of policies that {what}",
+        ),
         (
             f"{field_name}_kind",
             f"list_transform({field_name}, lambda p: p.kind)",
             f"kinds of policies that {what}",
         ),
-        (f"{field_name}_detail", field_name, f"policies that {what} (name, namespace, labels, revision, kind)"),
+        (
+            f"{field_name}_detail",
+            field_name,
+            f"policies that {what} (name, namespace, labels, revision, kind)",
+        ),
     ]
 
 
@@ -74,16 +86,40 @@ def flat_columns() -> list[tuple[str, str, str]]:
         ("time", "time", "when the event was observed (UTC, nanoseconds)"),
         ("cluster", "cluster", "cluster the flow was collected from"),
         ("node", "nullif(node_name, '')", "node that observed the flow"),
-        ("uuid", "coalesce(CAST(_uuid AS VARCHAR), nullif(uuid, ''))", "flow UUID (NULL on old Cilium)"),
-        ("verdict", _enum("Verdict", "verdict"), "FORWARDED, DROPPED, REDIRECTED, AUDIT, ERROR, TRACED, TRANSLATED"),
-        ("drop_reason_desc", _enum("DropReason", "drop_reason_desc"), "drop reason, e.g. POLICY_DENIED"),
+        (
+            "uuid",
+            "coalesce(CAST(_uuid AS VARCHAR), nullif(uuid, ''))",
+            "flow UUID (NULL on old Cilium)",
+        ),
+        (
+            "verdict",
+            _enum("Verdict", "verdict"),
+            "FORWARDED, DROPPED, REDIRECTED, AUDIT, ERROR, TRACED, TRANSLATED",
+        ),
+        (
+            "drop_reason_desc",
+            _enum("DropReason", "drop_reason_desc"),
+            "drop reason, e.g. POLICY_DENIED",
+        ),
         ("type", _enum("FlowType", "Type"), "L3_L4, L7 or SOCK"),
-        ("event_type", "event_type.type", "Cilium monitor message type (1 drop, 4 trace, 5 policy verdict, 129 L7)"),
-        ("event_subtype", "event_type.sub_type", "monitor sub-type (trace point, drop reason, ...)"),
+        (
+            "event_type",
+            "event_type.type",
+            "Cilium monitor message type (1 drop, 4 trace, 5 policy verdict, 129 L7)",
+        ),
+        (
+            "event_subtype",
+            "event_type.sub_type",
+            "monitor sub-type (trace point, drop reason, ...)",
+        ),
         ("event", _case("event_type.type", EVENT_TYPES), "event type as hubble --type names it"),
         ("traffic_direction", _enum("TrafficDirection", "traffic_direction"), "INGRESS or EGRESS"),
         ("policy_match_type", "policy_match_type", "policy verdict match type number"),
-        ("policy_match", _case("policy_match_type", MATCH_TYPES), "L3-Only, L3-L4, L4-Only, all, none"),
+        (
+            "policy_match",
+            _case("policy_match_type", MATCH_TYPES),
+            "L3-Only, L3-L4, L4-Only, all, none",
+        ),
         ("is_reply", "is_reply", "reply direction (NULL when unknown)"),
         (
             "trace_observation_point",
@@ -125,14 +161,22 @@ def flat_columns() -> list[tuple[str, str, str]]:
         ("http_code", "nullif(l7.http.code, 0)", "HTTP status code (responses)"),
         ("http_protocol", "nullif(l7.http.protocol, '')", "HTTP protocol, e.g. HTTP/1.1"),
         ("http_headers", "l7.http.headers", "HTTP headers (key, value)"),
-        ("dns_query", "nullif(l7.dns.query, '')", "DNS query name, e.g. 'backend.shop.svc.cluster.local.'"),
+        (
+            "dns_query",
+            "nullif(l7.dns.query, '')",
+            "DNS query name, e.g. 'backend.shop.svc.cluster.local.'",
+        ),
         ("dns_rcode", "l7.dns.rcode", "DNS response code (0 = NOERROR)"),
         ("dns_ips", "l7.dns.ips", "IPs in the DNS answer"),
         ("dns_ttl", "l7.dns.ttl", "TTL of the DNS answer"),
         ("dns_cnames", "l7.dns.cnames", "CNAMEs in the DNS answer"),
         ("dns_qtypes", "l7.dns.qtypes", "query types, e.g. ['A']"),
         ("dns_rrtypes", "l7.dns.rrtypes", "answer record types"),
-        ("dns_observation_source", "nullif(l7.dns.observation_source, '')", "proxy or other DNS source"),
+        (
+            "dns_observation_source",
+            "nullif(l7.dns.observation_source, '')",
+            "proxy or other DNS source",
+        ),
         ("summary", "nullif(Summary, '')", "Hubble's summary text"),
         ("proxy_port", "nullif(proxy_port, 0)", "L7 proxy port the flow was redirected to"),
         ("interface", "nullif(interface.name, '')", "network interface"),
@@ -178,5 +222,3 @@ def event_columns() -> list[tuple[str, str, str]]:
             expr = _case("node_status.state_change", {v.number: v.name for v in state.values})
         out.append((name, expr, doc))
     return out
-
-

@@ -75,7 +75,9 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def render_table(names: list[str], rows: list[tuple], *, max_rows: int = 1000, max_width: int = 60) -> str:
+def render_table(
+    names: list[str], rows: list[tuple], *, max_rows: int = 1000, max_width: int = 60
+) -> str:
     """A plain fixed-width table; long cells are cut with an ellipsis."""
     shown = rows[:max_rows]
     cells = [[_cut(_text(v), max_width) for v in row] for row in shown]
