@@ -9,39 +9,47 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+STAMP := $(VENV)/.installed
+
+# `make install` always reinstalls; test, lint and demo install once (and again when the
+# project's metadata or C decoder change), so a fresh clone needs nothing but `make test`.
+$(STAMP): pyproject.toml setup.py flowpipe/codec/_wire.c | $(PY)
+	$(MAKE) install
+
 install: $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "note: install Debian package 'prometheus' for the metrics tests (sudo apt-get install prometheus)"; fi; }
+	touch $(STAMP)
 
-test: $(PY)
+test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-reliability: $(PY)
+test-reliability: $(STAMP)
 	$(PY) -m pytest -q -m reliability
 
-test-fast: $(PY)
+test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not reliability"
 
-lint: $(PY)
+lint: $(STAMP)
 	$(BIN)/ruff check flowpipe tests bench tools
 	$(BIN)/ruff format --check flowpipe tests bench tools
 
-format: $(PY)
+format: $(STAMP)
 	$(BIN)/ruff format flowpipe tests bench tools
 	$(BIN)/ruff check --fix flowpipe tests bench tools
 
-protos: $(PY)
+protos: $(STAMP)
 	$(PY) tools/protogen.py
 
-demo: install
+demo: $(STAMP)
 	$(BIN)/flowpipe demo
 
 bench-deps:
 	cd bench/peer && npm ci --silent --no-audit --no-fund
 
-bench: $(PY) bench-deps
+bench: $(STAMP) bench-deps
 	$(PY) bench/run.py
 
 clean:
