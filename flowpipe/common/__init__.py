@@ -1,0 +1,1 @@
+"""Helpers every stage shares, one for each job: durations and time points, SQL text, messages."""
