@@ -12,8 +12,9 @@ import pytest
 
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2, observer_pb2_grpc
-from flowpipe.serve.replay import ReplayProcess, ReplayServer
+from flowpipe.serve.replay import ReplayServer
 from tests.conftest import CAPTURES
+from tests.support.replay import ReplayProcess
 
 Req = observer_pb2.GetFlowsRequest
 TEN = str(CAPTURES / "basic-sample-10-flows.jsonl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -15,7 +16,8 @@ from flowpipe.api.observer import observer_pb2, observer_pb2_grpc
 from flowpipe.codec import decode
 from flowpipe.ingest import importer
 from flowpipe.serve.replay import write_responses
-from flowpipe.serve.server import FlowServer, ServerTLS, response_bytes
+from flowpipe.serve.responses import response_bytes
+from flowpipe.serve.server import FlowServer, ServerTLS
 from flowpipe.store.layout import Store
 from tests.certs import relay_pki
 from tests.conftest import CAPTURES
@@ -305,3 +307,46 @@ def test_tls_and_mtls(tmp_path, store, port):
             ids(observer_pb2_grpc.ObserverStub(ch))
     finally:
         server.stop()
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        result = call()
+        list(result) if not hasattr(result, "SerializeToString") else result
+    return err.value.code(), err.value.details()
+
+
+def _calls(stub):
+    return {
+        "GetFlows": lambda: stub.GetFlows(Req(whitelist=DROPPED), timeout=10),
+        "GetNodes": lambda: stub.GetNodes(observer_pb2.GetNodesRequest(), timeout=10),
+        "GetNamespaces": lambda: stub.GetNamespaces(
+            observer_pb2.GetNamespacesRequest(), timeout=10
+        ),
+        "ServerStatus": lambda: stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10),
+    }
+
+
+def test_a_broken_store_is_internal_never_the_clients_fault(served, caplog):
+    stub, store = served
+    assert len(ids(stub)) == 40  # the views are built: what fails below is the query
+    store.files()[0].write_bytes(b"PAR1 this is not a Parquet file PAR1")
+    for name, call in _calls(stub).items():
+        code, details = _code(call)
+        assert code == grpc.StatusCode.INTERNAL, (name, code, details)
+        assert details.startswith("store query failed: ") and "\n" not in details
+        logged = [r for r in caplog.records if r.name == "flowpipe.serve" and name in r.message]
+        assert logged and logged[-1].levelname == "ERROR", name
+
+
+def test_an_unreadable_store_is_unavailable(served, caplog):
+    """Here from the first call on, so building the views fails too."""
+    stub, store = served
+    for path in store.files():
+        path.unlink()
+    shutil.rmtree(store.root / "flows")
+    for name, call in _calls(stub).items():
+        code, details = _code(call)
+        assert code == grpc.StatusCode.UNAVAILABLE, (name, code, details)
+        assert details.startswith("store unreadable: ")
+        assert any(r.name == "flowpipe.serve" and name in r.message for r in caplog.records)

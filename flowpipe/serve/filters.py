@@ -1,4 +1,7 @@
-"""Hubble FlowFilter lists -> one SQL condition over the stored flow columns (flows_proto)."""
+"""Hubble FlowFilter lists -> one SQL condition over the stored flow columns (flows_proto).
+
+Each FlowFilter field has one builder in FIELDS; the SQL calls the fp_* macros of views.macros
+(Go's IP, URL and label semantics) and label selectors are parsed by serve.selector."""
 
 from __future__ import annotations
 
@@ -6,15 +9,21 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import duckdb
 import yaml
 from google.protobuf import json_format, unknown_fields
+from google.protobuf.message import Message
 
 from flowpipe.api.flow import flow_pb2
+from flowpipe.common.sql import quote
+from flowpipe.common.text import first_line
 from flowpipe.errors import FilterError
+from flowpipe.serve.selector import parse_selector
+from flowpipe.views.macros import MAPPED_V4, let
 
 FlowFilter = flow_pb2.FlowFilter
 L7_EVENT_TYPE = 129  # monitor MessageTypeAccessLog
@@ -24,149 +33,9 @@ FQDN_ANY = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)"
 _STATUS_FULL = re.compile(r"[1-5][0-9]{2}")
 _STATUS_PREFIX = re.compile(r"[1-5][0-9]?\+")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_V4 = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-
-# Macros the compiled SQL calls; views.build_views defines them on every connection.
-_HEX = "[0-9a-fA-F]{1,4}"
-_MAPPED = (
-    0xFFFF00000000,
-    0xFFFFFFFFFFFF,
-)  # ::ffff:0:0/96, which Go's IPNet.Contains treats as IPv4
-_USERINFO = r"[-._:~!$&'()*+,;=%@A-Za-z0-9]*"
-_HOSTCHARS = r"(?:[-A-Za-z0-9_.~!$&'()*+,;=:\[\]<>\x22]|%25|%[89a-fA-F][0-9a-fA-F]|[^\x00-\x7f])*"
-
-
-def _q(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _let(value: str, name: str, body: str) -> str:
-    """body with name bound to value once (a one-element list_transform), so value is not re-expanded."""
-    return f"list_transform([{value}], lambda {name}: {body})[1]"
-
-
-_IP6_GROUPS = (
-    f"CASE WHEN regexp_full_match(s, {_q(f'{_HEX}(?::{_HEX}){{7}}')}) THEN string_split(s, ':') "
-    f"WHEN regexp_full_match(s, {_q(f'(?:{_HEX}(?::{_HEX}){{0,6}})?::(?:{_HEX}(?::{_HEX}){{0,6}})?')}) "
-    "AND len(regexp_extract_all(s, '[0-9a-fA-F]+')) <= 7 THEN fp_ip6part(split_part(s, '::', 1)) "
-    "|| list_transform(range(8 - len(regexp_extract_all(s, '[0-9a-fA-F]+'))), lambda z: '0') "
-    "|| fp_ip6part(split_part(s, '::', 2)) END"
-)
-_URL_PATH = (
-    "CASE WHEN NOT starts_with(r, '/') THEN CASE WHEN sc <> '' THEN '' END "
-    "WHEN sc <> '' AND starts_with(r, '//') THEN CASE WHEN fp_url_auth_ok(split_part(substr(r, 3), '/', 1)) "
-    "THEN fp_url_unescape(substr(r, 3 + length(split_part(substr(r, 3), '/', 1)))) END "
-    "ELSE fp_url_unescape(r) END"
-)
-
-MACROS = {
-    # Cilium's parseLabel (":" delimiter) of a flow label string -> {s: source, k: key, v: value}
-    "fp_lsrc": (
-        "(l)",
-        "CASE WHEN starts_with(l, '$') THEN 'reserved' WHEN strpos(l, ':') > 0 THEN split_part(l, ':', 1) "
-        "WHEN starts_with(l, 'reserved.') THEN 'reserved' ELSE 'unspec' END",
-    ),
-    "fp_lrest": (
-        "(l)",
-        "CASE WHEN starts_with(l, '$') THEN substr(l, 2) WHEN strpos(l, ':') > 0 THEN substr(l, strpos(l, ':') + 1) "
-        "WHEN starts_with(l, 'reserved.') THEN substr(l, 10) ELSE l END",
-    ),
-    "fp_lone": (
-        "(l)",
-        _let(
-            "fp_lrest(l)",
-            "r",
-            _let(
-                "fp_lsrc(l)",
-                "src",
-                "{'s': src, 'k': CASE WHEN strpos(r, '=') = 0 THEN r WHEN strpos(r, '=') = 1 AND src = 'reserved' "
-                "THEN substr(r, 2) ELSE split_part(r, '=', 1) END, 'v': CASE WHEN strpos(r, '=') = 0 THEN '' "
-                "WHEN strpos(r, '=') = 1 AND src = 'reserved' THEN '' ELSE substr(r, strpos(r, '=') + 1) END}",
-            ),
-        ),
-    ),
-    "fp_lparse": ("(labels)", "list_transform(coalesce(labels, []), lambda l: fp_lone(l))"),
-    # net.ParseIP: a dotted quad (no leading zeros) as a number, else NULL
-    "fp_ipv4": (
-        "(ip)",
-        f"CASE WHEN regexp_full_match(ip, {_q(f'(?:{_V4}[.]){{3}}{_V4}')}) THEN "
-        "(split_part(ip, '.', 1)::UBIGINT << 24) + (split_part(ip, '.', 2)::UBIGINT << 16) "
-        "+ (split_part(ip, '.', 3)::UBIGINT << 8) + split_part(ip, '.', 4)::UBIGINT END",
-    ),
-    # net.ParseIP of IPv6 text: a trailing dotted quad becomes two groups; '::' is at least one group
-    "fp_ip6norm": (
-        "(ip)",
-        _let(
-            "fp_ipv4(regexp_extract(ip, '[^:]*$'))",
-            "v",
-            "CASE WHEN NOT contains(ip, '.') THEN ip WHEN v IS NULL THEN NULL "
-            "ELSE regexp_replace(ip, '[^:]*$', '') || printf('%x:%x', v >> 16, v & 65535) END",
-        ),
-    ),
-    "fp_ip6part": ("(x)", "CASE WHEN x = '' THEN []::VARCHAR[] ELSE string_split(x, ':') END"),
-    "fp_ipv6": (
-        "(ip)",
-        "CASE WHEN contains(ip, ':') THEN "
-        + _let(
-            "fp_ip6norm(ip)",
-            "s",
-            f"list_reduce(list_transform({_IP6_GROUPS}, lambda g: ('0x' || g)::UHUGEINT), lambda a, b: a * 65536 + b)",
-        )
-        + " END",
-    ),
-    # the IPv4 number Go compares with an IPv4 network (dotted quad or IPv4-mapped IPv6)
-    "fp_ip4any": (
-        "(ip)",
-        "coalesce(fp_ipv4(ip), "
-        + _let(
-            "fp_ipv6(ip)",
-            "x",
-            f"CASE WHEN x BETWEEN {_MAPPED[0]} AND {_MAPPED[1]} THEN (x - {_MAPPED[0]})::UBIGINT END",
-        )
-        + ")",
-    ),
-    # url.ParseRequestURI(u).Path, NULL where Go returns an error
-    "fp_url_unescape": (
-        "(p)",
-        "CASE WHEN regexp_matches(p, '%(?:[^0-9a-fA-F]|[0-9a-fA-F][^0-9a-fA-F]|[0-9a-fA-F]?$)') THEN NULL "
-        "WHEN contains(p, '%') THEN try(url_decode(p)) ELSE p END",
-    ),
-    "fp_url_host_ok": (
-        "(h)",
-        f"regexp_full_match(h, {_q(_HOSTCHARS)}) AND CASE WHEN starts_with(h, '[') "
-        r"THEN regexp_full_match(h, '\[.*\](?::[0-9]*)?') "
-        "WHEN contains(h, ':') THEN regexp_full_match(h, '.*:[0-9]*') ELSE TRUE END",
-    ),
-    "fp_url_auth_ok": (
-        "(a)",
-        f"regexp_full_match(a, {_q(f'(?:{_USERINFO}@)?[^@]*')}) AND fp_url_host_ok(regexp_extract(a, '[^@]*$'))",
-    ),
-    "fp_http_path": (
-        "(u)",
-        r"CASE WHEN coalesce(u, '') = '' OR regexp_matches(u, '[\x00-\x1f\x7f]') OR starts_with(u, ':') THEN NULL "
-        "WHEN u = '*' THEN '*' ELSE "
-        + _let(
-            "regexp_extract(u, '^([a-zA-Z][a-zA-Z0-9+.-]*):', 1)",
-            "sc",
-            _let(
-                "split_part(CASE WHEN sc <> '' THEN substr(u, length(sc) + 2) ELSE u END, '?', 1)",
-                "r",
-                _URL_PATH,
-            ),
-        )
-        + " END",
-    ),
-}
 
 
 # ------------------------------------------------------------------ SQL helpers
-
-
-def lit(value: str) -> str:
-    """value as a SQL string literal (quotes doubled; NUL refused since DuckDB cannot hold it)."""
-    if "\x00" in value:
-        raise FilterError(f"filter value {value!r} contains a NUL character")
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _any(parts: Iterable[str]) -> str:
@@ -180,25 +49,50 @@ def _all(parts: Iterable[str]) -> str:
 
 
 def _in(expr: str, values: Iterable[Any]) -> str:
-    vals = sorted({str(int(v)) if isinstance(v, (bool, int)) else lit(v) for v in values})
+    vals = sorted({str(int(v)) if isinstance(v, (bool, int)) else quote(v) for v in values})
     return f"{expr} IN ({', '.join(vals)})"
 
 
-_regex_con = None
+class _RegexChecker:
+    """Compiles patterns with DuckDB's own RE2, on one connection that one thread uses at a time.
+
+    A DuckDB connection refuses a second caller while one runs ("connection is busy"); serve
+    compiles filters in many threads at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def check(self, pattern: str, what: str) -> str:
+        with self._lock:
+            if self._con is None:
+                self._con = duckdb.connect(":memory:")
+            try:
+                self._con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
+            except (
+                duckdb.InvalidInputException
+            ) as exc:  # RE2 refused the pattern; other errors are ours
+                raise FilterError(f"invalid {what} filter: {pattern}: {first_line(exc)}") from exc
+        return pattern
+
+
+_regexes_ok = _RegexChecker()
 
 
 def check_regex(pattern: str, what: str) -> str:
     """pattern if DuckDB's RE2 compiles it, else FilterError naming the filter."""
-    global _regex_con
-    lit(pattern)
-    if _regex_con is None:
-        _regex_con = duckdb.connect(":memory:")
-    try:
-        _regex_con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
-    except duckdb.Error as exc:
-        msg = str(exc).split("\n")[0]
-        raise FilterError(f"invalid {what} filter: {pattern}: {msg}") from exc
-    return pattern
+    return _regexes_ok.check(pattern, what)
+
+
+def _no_nul(message: Message) -> None:
+    """FilterError for a NUL in any string of the filter: DuckDB text cannot hold one."""
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        for v in values:
+            if isinstance(v, str) and "\x00" in v:
+                raise FilterError(f"filter {field.name} value {v[:80]!r} contains a NUL character")
+            if isinstance(v, Message):
+                _no_nul(v)
 
 
 # ------------------------------------------------------------------ fields
@@ -214,9 +108,9 @@ def _namespaced(values: Sequence[str], ns_col: str, name_col: str, what: str) ->
             ns, name = ("default", parts[0]) if parts[0] else ("", "")
         if not ns and not name:
             raise FilterError(f"{what}invalid filter, must be [namespace/][<name>], got {v!r}")
-        cond = f"coalesce({ns_col}, '') = {lit(ns)}"
+        cond = f"coalesce({ns_col}, '') = {quote(ns)}"
         if name:
-            cond += f" AND starts_with(coalesce({name_col}, ''), {lit(name)})"
+            cond += f" AND starts_with(coalesce({name_col}, ''), {quote(name)})"
         ors.append(f"({cond})")
     return f"(NOT (coalesce({ns_col}, '') = '' AND coalesce({name_col}, '') = '') AND {_any(ors)})"
 
@@ -267,15 +161,17 @@ def _ips(values: Sequence[str], col: str) -> str:
         nets = _any(
             f"x BETWEEN {int(n.network_address)} AND {int(n.broadcast_address)}" for n in v4
         )
-        ors.append(_let(f"fp_ip4any({col})", "x", nets))
+        ors.append(let(f"fp_ip4any({col})", "x", nets))
     if v6:
         nets = _any(
             f"x BETWEEN {int(n.network_address)}::UHUGEINT AND {int(n.broadcast_address)}::UHUGEINT"
             for n in v6
         )
         ors.append(
-            _let(
-                f"fp_ipv6({col})", "x", f"({nets} AND NOT x BETWEEN {_MAPPED[0]} AND {_MAPPED[1]})"
+            let(
+                f"fp_ipv6({col})",
+                "x",
+                f"({nets} AND NOT x BETWEEN {MAPPED_V4[0]} AND {MAPPED_V4[1]})",
             )
         )
     return f"(coalesce({col}, '') <> '' AND coalesce({_any(ors)}, FALSE))"
@@ -317,14 +213,14 @@ def node_name_regex(pattern: str) -> str:
 
 def _fqdn(values: Sequence[str], col: str) -> str:
     rx = "(?:" + "|".join(fqdn_regex(v) for v in values) + ")"
-    return f"len(list_filter(coalesce({col}, []), lambda n: regexp_full_match(n, {lit(rx)}))) > 0"
+    return f"len(list_filter(coalesce({col}, []), lambda n: regexp_full_match(n, {quote(rx)}))) > 0"
 
 
 def _node_name(values: Sequence[str]) -> str:
     rx = "(?:" + "|".join(node_name_regex(v) for v in values) + ")"
     # flowpipe keeps the cluster in its own column: a bare node name belongs to that cluster
     name = "CASE WHEN contains(node_name, '/') THEN node_name ELSE cluster || '/' || node_name END"
-    return f"(coalesce(node_name, '') <> '' AND regexp_full_match({name}, {lit(rx)}))"
+    return f"(coalesce(node_name, '') <> '' AND regexp_full_match({name}, {quote(rx)}))"
 
 
 def _ports(values: Sequence[str], side: str) -> str:
@@ -367,16 +263,16 @@ def _status_codes(values: Sequence[str]) -> str:
     code = "printf('%03d', l7.http.code)"
     for v in values:
         if _STATUS_FULL.fullmatch(v):
-            ors.append(f"{code} = {lit(v)}")
+            ors.append(f"{code} = {quote(v)}")
         elif _STATUS_PREFIX.fullmatch(v):
-            ors.append(f"starts_with({code}, {lit(v[:-1])})")
+            ors.append(f"starts_with({code}, {quote(v[:-1])})")
         else:
             raise FilterError(f"invalid http status code filter: invalid status code prefix: {v!r}")
     return f"(coalesce(l7.http.code, 0) <> 0 AND {_any(ors)})"
 
 
 def _regexes(values: Sequence[str], col: str, what: str) -> str:
-    return _any(f"regexp_matches({col}, {lit(check_regex(v, what))})" for v in values)
+    return _any(f"regexp_matches({col}, {quote(check_regex(v, what))})" for v in values)
 
 
 def _event_types(values: Sequence[flow_pb2.EventTypeFilter]) -> str:
@@ -396,9 +292,9 @@ def _workloads(values: Sequence[flow_pb2.Workload], ep: str) -> str:
     for w in values:
         conds = []
         if w.name:
-            conds.append(f"w.name = {lit(w.name)}")
+            conds.append(f"w.name = {quote(w.name)}")
         if w.kind:
-            conds.append(f"w.kind = {lit(w.kind)}")
+            conds.append(f"w.kind = {quote(w.kind)}")
         ors.append(_all(conds))
     return f"len(list_filter(coalesce({ep}.workloads, []), lambda w: {_any(ors)})) > 0"
 
@@ -410,7 +306,7 @@ def _interfaces(values: Sequence[flow_pb2.NetworkInterface]) -> str:
         if i.index > 0:
             conds.append(f"interface.index = {int(i.index)}")
         if i.name:
-            conds.append(f"interface.name = {lit(i.name)}")
+            conds.append(f"interface.name = {quote(i.name)}")
         ors.append(_all(conds))
     return f"(interface IS NOT NULL AND {_any(ors)})"
 
@@ -421,7 +317,7 @@ def _tcp_flags(values: Sequence[flow_pb2.TCPFlags]) -> str:
 
 
 def _headers(values: Sequence[flow_pb2.HTTPHeader]) -> str:
-    ors = _any(f"(h.key = {lit(h.key)} AND h.value = {lit(h.value)})" for h in values)
+    ors = _any(f"(h.key = {quote(h.key)} AND h.value = {quote(h.value)})" for h in values)
     return f"len(list_filter(coalesce(l7.http.headers, []), lambda h: {ors})) > 0"
 
 
@@ -435,118 +331,10 @@ def _uuids(values: Sequence[str]) -> str:
     ors = []
     for v in values:
         if _CANONICAL_UUID.fullmatch(v):
-            ors.append(f"_uuid = {lit(v)}::UUID")
+            ors.append(f"_uuid = {quote(v)}::UUID")
         else:  # only non-canonical uuids stay in the string column
-            ors.append(f"(_uuid IS NULL AND coalesce(uuid, '') = {lit(v)})")
+            ors.append(f"(_uuid IS NULL AND coalesce(uuid, '') = {quote(v)})")
     return _any(ors)
-
-
-# ------------------------------------------------------------------ labels (k8s selectors)
-
-_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_SPECIAL = "=!(),<>"
-
-
-def _check_key(key: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        raise FilterError(f"invalid label key {key!r}: prefix must be a DNS subdomain")
-    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
-        raise FilterError(
-            f"invalid label key {key!r}: name must be 63 characters of [-A-Za-z0-9_.]"
-        )
-
-
-def _check_value(value: str) -> None:
-    if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
-        raise FilterError(f"invalid label value {value!r}: must be 63 characters of [-A-Za-z0-9_.]")
-
-
-def _tokens(text: str) -> list[str]:
-    out, i = [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch.isspace():
-            i += 1
-        elif text.startswith(("==", "!="), i):
-            out.append(text[i : i + 2])
-            i += 2
-        elif ch in _SPECIAL:
-            out.append(ch)
-            i += 1
-        else:
-            j = i
-            while j < len(text) and not text[j].isspace() and text[j] not in _SPECIAL:
-                j += 1
-            out.append(text[i:j])
-            i = j
-    return out
-
-
-def parse_selector(text: str) -> list[tuple[str, str, str, list[str]]]:
-    """A k8s label selector with Cilium source prefixes -> [(op, source, key, values)]."""
-    toks = _tokens(text)
-    reqs, i = [], 0
-
-    def ident(pos: int) -> str:
-        if pos >= len(toks) or toks[pos] in _SPECIAL or toks[pos] in ("==", "!="):
-            raise FilterError(f"invalid label selector {text!r}: expected a key or value")
-        return toks[pos]
-
-    while i < len(toks):
-        neg = toks[i] == "!"
-        if neg:
-            i += 1
-        raw_key = ident(i)
-        i += 1
-        src, _, key = raw_key.partition(":") if ":" in raw_key else ("any", "", raw_key)
-        _check_key(f"{src}.{key}")
-        if src == "cidr":
-            raise FilterError(f"label selector {text!r}: cidr: label prefixes are not supported")
-        op, values = ("!" if neg else "exists"), []
-        nxt = toks[i] if i < len(toks) else ","
-        if not neg and nxt in ("=", "==", "!="):
-            op = "!=" if nxt == "!=" else "="
-            i += 1
-            if i < len(toks) and toks[i] != ",":
-                values = [ident(i)]
-                i += 1
-            else:
-                values = [""]
-        elif not neg and nxt in ("in", "notin"):
-            op = nxt
-            i += 1
-            if i >= len(toks) or toks[i] != "(":
-                raise FilterError(f"invalid label selector {text!r}: expected '(' after {nxt}")
-            i += 1
-            values, expect_value = [], True
-            while i < len(toks) and toks[i] != ")":
-                if toks[i] == ",":
-                    if expect_value:
-                        values.append("")
-                    expect_value = True
-                else:
-                    values.append(ident(i))
-                    expect_value = False
-                i += 1
-            if i >= len(toks):
-                raise FilterError(f"invalid label selector {text!r}: missing ')'")
-            if expect_value:
-                values.append("")
-            i += 1
-        elif nxt in ("<", ">"):
-            raise FilterError(f"label selector {text!r}: '<' and '>' are not supported")
-        for v in values:
-            _check_value(v)
-        reqs.append((op, src, key, values))
-        if i < len(toks):
-            if toks[i] != ",":
-                raise FilterError(f"invalid label selector {text!r}: unexpected {toks[i]!r}")
-            i += 1
-            if i >= len(toks):
-                raise FilterError(f"invalid label selector {text!r}: trailing ','")
-    return reqs
 
 
 def _labels(values: Sequence[str], col: str, what: str) -> str:
@@ -558,7 +346,7 @@ def _labels(values: Sequence[str], col: str, what: str) -> str:
             raise FilterError(f"invalid {what} label filter: {exc}") from exc
         ands = []
         for op, src, key, vals in reqs:
-            match = f"x.k = {lit(key)}" + ("" if src == "any" else f" AND x.s = {lit(src)}")
+            match = f"x.k = {quote(key)}" + ("" if src == "any" else f" AND x.s = {quote(src)}")
             has = f"len(list_filter(P, lambda x: {match})) > 0"
             get = f"list_filter(P, lambda x: {match})[1].v"  # LabelArray.Get: the first label with the key
             if op == "exists":
@@ -570,7 +358,86 @@ def _labels(values: Sequence[str], col: str, what: str) -> str:
             else:
                 ands.append(f"(NOT {has} OR NOT {_in(get, vals)})")
         ors.append(_all(ands))
-    return _let(f"fp_lparse({col})", "P", _any(ors))
+    return let(f"fp_lparse({col})", "P", _any(ors))
+
+
+def _dns_query(values: Sequence[str]) -> str:
+    queries = _regexes(values, "coalesce(l7.dns.query, '')", "DNS query")
+    return f"(l7.dns IS NOT NULL AND {queries})"
+
+
+def _http_methods(values: Sequence[str]) -> str:
+    methods = _in("lower(l7.http.method)", [m.lower() for m in values])
+    return f"(coalesce(l7.http.method, '') <> '' AND {methods})"
+
+
+def _http_paths(values: Sequence[str]) -> str:
+    return f"coalesce({_regexes(values, 'fp_http_path(l7.http.url)', 'http path')}, FALSE)"
+
+
+def _http_urls(values: Sequence[str]) -> str:
+    return f"(coalesce(l7.http.url, '') <> '' AND {_regexes(values, 'l7.http.url', 'http url')})"
+
+
+def _services(side: str) -> Callable[[Sequence[str]], str]:
+    col = f"{side}_service"
+    what = f"invalid {side} service filter: "
+    return lambda v: _namespaced(v, f"{col}.namespace", f"{col}.name", what)
+
+
+# (FlowFilter field, SQL builder of its values): every field is one condition, ANDed
+FIELDS: tuple[tuple[str, Callable[[Any], str]], ...] = (
+    ("uuid", _uuids),
+    ("event_type", _event_types),
+    ("verdict", lambda v: _in("verdict", v)),
+    ("drop_reason_desc", lambda v: f"(verdict = {DROPPED} AND {_in('drop_reason_desc', v)})"),
+    (
+        "reply",
+        lambda v: (
+            f"((is_reply IS NOT NULL OR verdict = {DROPPED}) AND {_in('coalesce(is_reply, FALSE)', v)})"
+        ),
+    ),
+    ("encrypted", lambda v: _in("coalesce(IP.encrypted, FALSE)", v)),
+    ("source_identity", lambda v: _in("coalesce(source.identity, 0)", v)),
+    ("destination_identity", lambda v: _in("coalesce(destination.identity, 0)", v)),
+    ("protocol", _protocols),
+    ("source_ip", lambda v: _ips(v, "IP.source")),
+    ("destination_ip", lambda v: _ips(v, "IP.destination")),
+    ("source_ip_xlated", lambda v: _ips(v, "IP.source_xlated")),
+    ("source_pod", lambda v: _namespaced(v, "source.namespace", "source.pod_name", "")),
+    (
+        "destination_pod",
+        lambda v: _namespaced(v, "destination.namespace", "destination.pod_name", ""),
+    ),
+    ("source_workload", lambda v: _workloads(v, "source")),
+    ("destination_workload", lambda v: _workloads(v, "destination")),
+    ("source_service", _services("source")),
+    ("destination_service", _services("destination")),
+    ("source_fqdn", lambda v: _fqdn(v, "source_names")),
+    ("destination_fqdn", lambda v: _fqdn(v, "destination_names")),
+    ("dns_query", _dns_query),
+    ("source_label", lambda v: _labels(v, "source.labels", "source")),
+    ("destination_label", lambda v: _labels(v, "destination.labels", "destination")),
+    ("node_labels", lambda v: _labels(v, "node_labels", "node")),
+    ("source_port", lambda v: _ports(v, "source")),
+    ("destination_port", lambda v: _ports(v, "destination")),
+    ("http_status_code", _status_codes),
+    ("http_method", _http_methods),
+    ("http_path", _http_paths),
+    ("http_url", _http_urls),
+    ("http_header", _headers),
+    ("tcp_flags", _tcp_flags),
+    ("node_name", _node_name),
+    ("source_cluster_name", lambda v: _clusters(v, "source")),
+    ("destination_cluster_name", lambda v: _clusters(v, "destination")),
+    ("ip_version", lambda v: _in("coalesce(IP.ipVersion, 0)", v)),
+    ("trace_id", lambda v: _in("coalesce(trace_context.parent.trace_id, '')", v)),
+    ("traffic_direction", lambda v: _in("traffic_direction", v)),
+    ("interface", _interfaces),
+    ("ip_trace_id", lambda v: f"(ip_trace_id IS NOT NULL AND {_in('ip_trace_id.trace_id', v)})"),
+)
+# fields refused rather than compiled (flow_filter_sql says why)
+REFUSED = ("experimental",)
 
 
 # ------------------------------------------------------------------ one FlowFilter
@@ -600,112 +467,12 @@ def flow_filter_sql(f: FlowFilter) -> str:
             raise FilterError(
                 f"filtering by {what} requires the event type filter to only match 'l7' events"
             )
-    c: list[str] = []
-    if f.uuid:
-        c.append(_uuids(f.uuid))
-    if f.event_type:
-        c.append(_event_types(f.event_type))
-    if f.verdict:
-        c.append(_in("verdict", f.verdict))
-    if f.drop_reason_desc:
-        c.append(f"(verdict = {DROPPED} AND {_in('drop_reason_desc', f.drop_reason_desc)})")
-    if f.reply:
-        c.append(
-            f"((is_reply IS NOT NULL OR verdict = {DROPPED}) AND {_in('coalesce(is_reply, FALSE)', f.reply)})"
-        )
-    if f.encrypted:
-        c.append(_in("coalesce(IP.encrypted, FALSE)", f.encrypted))
-    if f.source_identity:
-        c.append(_in("coalesce(source.identity, 0)", f.source_identity))
-    if f.destination_identity:
-        c.append(_in("coalesce(destination.identity, 0)", f.destination_identity))
-    if f.protocol:
-        c.append(_protocols(f.protocol))
-    for field, col in (
-        ("source_ip", "IP.source"),
-        ("destination_ip", "IP.destination"),
-        ("source_ip_xlated", "IP.source_xlated"),
-    ):
-        if getattr(f, field):
-            c.append(_ips(getattr(f, field), col))
-    if f.source_pod:
-        c.append(_namespaced(f.source_pod, "source.namespace", "source.pod_name", ""))
-    if f.destination_pod:
-        c.append(
-            _namespaced(f.destination_pod, "destination.namespace", "destination.pod_name", "")
-        )
-    if f.source_workload:
-        c.append(_workloads(f.source_workload, "source"))
-    if f.destination_workload:
-        c.append(_workloads(f.destination_workload, "destination"))
-    if f.source_service:
-        c.append(
-            _namespaced(
-                f.source_service,
-                "source_service.namespace",
-                "source_service.name",
-                "invalid source service filter: ",
-            )
-        )
-    if f.destination_service:
-        c.append(
-            _namespaced(
-                f.destination_service,
-                "destination_service.namespace",
-                "destination_service.name",
-                "invalid destination service filter: ",
-            )
-        )
-    if f.source_fqdn:
-        c.append(_fqdn(f.source_fqdn, "source_names"))
-    if f.destination_fqdn:
-        c.append(_fqdn(f.destination_fqdn, "destination_names"))
-    if f.dns_query:
-        queries = _regexes(f.dns_query, "coalesce(l7.dns.query, '')", "DNS query")
-        c.append(f"(l7.dns IS NOT NULL AND {queries})")
-    if f.source_label:
-        c.append(_labels(f.source_label, "source.labels", "source"))
-    if f.destination_label:
-        c.append(_labels(f.destination_label, "destination.labels", "destination"))
-    if f.node_labels:
-        c.append(_labels(f.node_labels, "node_labels", "node"))
-    if f.source_port:
-        c.append(_ports(f.source_port, "source"))
-    if f.destination_port:
-        c.append(_ports(f.destination_port, "destination"))
-    if f.http_status_code:
-        c.append(_status_codes(f.http_status_code))
-    if f.http_method:
-        methods = _in("lower(l7.http.method)", [m.lower() for m in f.http_method])
-        c.append(f"(coalesce(l7.http.method, '') <> '' AND {methods})")
-    if f.http_path:
-        c.append(
-            f"coalesce({_regexes(f.http_path, 'fp_http_path(l7.http.url)', 'http path')}, FALSE)"
-        )
-    if f.http_url:
-        url = _regexes(f.http_url, "l7.http.url", "http url")
-        c.append(f"(coalesce(l7.http.url, '') <> '' AND {url})")
-    if f.http_header:
-        c.append(_headers(f.http_header))
-    if f.tcp_flags:
-        c.append(_tcp_flags(f.tcp_flags))
-    if f.node_name:
-        c.append(_node_name(f.node_name))
-    if f.source_cluster_name:
-        c.append(_clusters(f.source_cluster_name, "source"))
-    if f.destination_cluster_name:
-        c.append(_clusters(f.destination_cluster_name, "destination"))
-    if f.ip_version:
-        c.append(_in("coalesce(IP.ipVersion, 0)", f.ip_version))
-    if f.trace_id:
-        c.append(_in("coalesce(trace_context.parent.trace_id, '')", f.trace_id))
-    if f.traffic_direction:
-        c.append(_in("traffic_direction", f.traffic_direction))
-    if f.interface:
-        c.append(_interfaces(f.interface))
-    if f.ip_trace_id:
-        c.append(f"(ip_trace_id IS NOT NULL AND {_in('ip_trace_id.trace_id', f.ip_trace_id)})")
-    return "coalesce(" + _all(c) + ", FALSE)"
+    _no_nul(f)
+    return (
+        "coalesce("
+        + _all(build(getattr(f, name)) for name, build in FIELDS if getattr(f, name))
+        + ", FALSE)"
+    )
 
 
 def compile_filters(allow: Sequence[FlowFilter] = (), deny: Sequence[FlowFilter] = ()) -> str:
@@ -778,7 +545,7 @@ def _load(value: Any) -> Any:
     try:
         return yaml.safe_load(text)  # YAML is a superset of the JSON hubble prints
     except yaml.YAMLError as exc:
-        raise FilterError(f"filters are neither JSON nor YAML: {str(exc).splitlines()[0]}") from exc
+        raise FilterError(f"filters are neither JSON nor YAML: {first_line(exc)}") from exc
 
 
 def parse_raw_filters(value: Any) -> tuple[list[FlowFilter], list[FlowFilter]]:

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
 from flowpipe.codec import decode, storage
 from flowpipe.errors import ConfigError, InputError
 from flowpipe.ingest import importer
-from flowpipe.serve import server
+from flowpipe.serve import history, responses, server
 from flowpipe.store.layout import Store, check_cluster
 from flowpipe.views import catalog as views
 
 RATE_TICK = 0.5  # seconds between generated files
 RATE_KEEP = 300.0  # generated files older than this are deleted, so an endless stream stays small
 RATE_SOURCE_MAX = 10_000  # recorded flows cycled through by --rate
+FAULT_NODE = "flowpipe-replay"  # node_name of the LostEvents --lost-events-every sends
 
 
 def write_responses(
@@ -66,7 +67,7 @@ class RateGenerator(threading.Thread):
         con = views.connect(self.store)
         try:
             table = con.sql(
-                f"SELECT {server.COLUMNS} FROM flows_proto_files ORDER BY {server.ORDER} LIMIT {RATE_SOURCE_MAX}"
+                f"SELECT {history.COLUMNS} FROM flows_proto_files ORDER BY {history.ORDER} LIMIT {RATE_SOURCE_MAX}"
             ).to_arrow_table()
         finally:
             con.close()
@@ -129,6 +130,48 @@ class RateGenerator(threading.Thread):
                     path.unlink()
 
 
+@dataclass
+class Faults:
+    """Stream faults for tests of clients (replay --abort-after / --lost-events-every)."""
+
+    abort_after: int = 0  # end each GetFlows with UNAVAILABLE after this many responses
+    lost_events_every: int = 0  # send an OBSERVER_EVENTS_QUEUE LostEvent after every N flows
+
+
+class FaultyObserver(server.ObserverService):
+    """An ObserverService whose GetFlows streams break as faults say; the rest is the service's own."""
+
+    def __init__(self, store: Store, faults: Faults, **options):
+        super().__init__(store, **options)
+        self.faults = faults
+
+    def GetFlows(self, request, context) -> Iterator[bytes]:
+        stream = super().GetFlows(request, context)
+        try:
+            sent = flows = 0
+            f = self.faults
+            for data in stream:
+                extra = []
+                if f.lost_events_every and responses.is_flow(data):
+                    flows += 1
+                    if flows % f.lost_events_every == 0:
+                        extra.append(
+                            responses.lost_event_response(
+                                flow_pb2.OBSERVER_EVENTS_QUEUE, 1, time.time_ns(), FAULT_NODE
+                            )
+                        )
+                for out in (data, *extra):
+                    yield out
+                    sent += 1
+                    if f.abort_after and sent >= f.abort_after:
+                        context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"replay: stream aborted after {sent} responses",
+                        )
+        finally:
+            stream.close()
+
+
 class ReplayServer:
     """A fake Hubble Relay on host:port over a temporary store of recorded flows (in this process).
 
@@ -166,16 +209,14 @@ class ReplayServer:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
-        faults = server.Faults(abort_after=abort_after, lost_events_every=lost_events_every)
-        self._server = server.FlowServer(
-            self.store,
-            f"{host}:{port}",
-            tls=tls,
-            faults=faults,
-            follow_all=follow,
-            poll_interval=poll_interval,
-            node_name="flowpipe-replay",
+        options = {"follow_all": follow, "poll_interval": poll_interval}
+        faults = Faults(abort_after=abort_after, lost_events_every=lost_events_every)
+        service = (
+            FaultyObserver(self.store, faults, **options)
+            if faults.abort_after or faults.lost_events_every
+            else server.ObserverService(self.store, **options)
         )
+        self._server = server.FlowServer(self.store, f"{host}:{port}", tls=tls, service=service)
         self.host = host
         self.port = port
 
@@ -254,76 +295,3 @@ def replay(paths: Sequence[str], listen: str, *, on_ready=None, **options) -> No
             time.sleep(0.5)
     finally:
         rs.close()
-
-
-class ReplayProcess:
-    """`flowpipe replay` as a subprocess on 127.0.0.1:port, for tests that kill and restart a relay."""
-
-    def __init__(
-        self, paths: Sequence[str], port: int, *, extra_args: Sequence[str] = (), **options
-    ):
-        self.paths = [str(p) for p in paths]
-        self.port = port
-        self.args = list(extra_args)
-        for name, value in options.items():
-            flag = "--" + name.replace("_", "-")
-            if value is True:
-                self.args.append(flag)
-            elif value not in (None, False, 0):
-                self.args += [flag, str(value)]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30.0) -> ReplayProcess:
-        """Spawn and wait until the port accepts connections."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "flowpipe.cli",
-            "replay",
-            *self.paths,
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--plaintext",
-            *self.args,
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = (
-                    self.proc.stderr.read().decode(errors="replace").strip()
-                    if self.proc.stderr
-                    else ""
-                )
-                raise ConfigError(f"replay exited with {self.proc.returncode}: {err}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        self.stop()
-        raise ConfigError(f"replay did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        """Terminate (SIGTERM, then SIGKILL) and wait."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
-
-    def restart(self, delay: float = 0.0) -> None:
-        self.stop()
-        time.sleep(delay)
-        self.start()
-
-    def __enter__(self) -> ReplayProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

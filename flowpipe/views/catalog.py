@@ -1,4 +1,4 @@
-"""The one function that builds flowpipe's DuckDB views and rule helpers over a store."""
+"""The one function that builds flowpipe's DuckDB views and macros (views.macros) over a store."""
 
 from __future__ import annotations
 
@@ -9,35 +9,12 @@ from pathlib import Path
 
 import duckdb
 
+from flowpipe.common.sql import quote, quote_list
 from flowpipe.store.layout import DB_FILE, EVENTS, FLOWS, INCOMING, Store, StoreError
 from flowpipe.views import columns
+from flowpipe.views.macros import MACROS
 
 VIEWS_VERSION = "1"
-
-# Rule helpers, one definition each, used by rules, `flowpipe query` and the .duckdb file.
-MACROS = {
-    # 'app=frontend' (or 'any:app=frontend') matches 'k8s:app=frontend'; 'k8s:app=frontend' matches exactly
-    "has_label": (
-        "(labels, sel)",
-        "len(list_filter(labels, lambda l: l = sel OR (strpos(l, ':') > 0 "
-        "AND substr(l, strpos(l, ':') + 1) = "
-        "(CASE WHEN starts_with(sel, 'any:') THEN substr(sel, 5) ELSE sel END)))) > 0",
-    ),
-    "allowed_by": ("(policies, name)", "list_contains(policies, name)"),
-    "denied_by": ("(policies, name)", "list_contains(policies, name)"),
-    "http_status_class": (
-        "(code)",
-        "CASE WHEN code IS NULL THEN NULL ELSE (code // 100) || 'xx' END",
-    ),
-    "is_world": ("(labels)", "list_contains(labels, 'reserved:world')"),
-    # every flag in wanted is set, like `hubble observe --tcp-flags SYN,ACK`
-    "has_tcp_flags": ("(flags, wanted)", "list_has_all(flags, wanted)"),
-    # a flow between a pod labelled a and one labelled b, either way round (requests and replies)
-    "connects": (
-        "(src, dst, a, b)",
-        "(has_label(src, a) AND has_label(dst, b)) OR (has_label(src, b) AND has_label(dst, a))",
-    ),
-}
 
 CONVENIENCE_VIEWS = {
     "policy_verdicts": "SELECT * FROM flows WHERE event_type = 5",
@@ -49,17 +26,11 @@ CONVENIENCE_VIEWS = {
 }
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def _reader(
     store: Store, kind: str, files: list[str] | None = None, union_by_name: bool = True
 ) -> str:
     # files: an explicit list (check's cluster and time window) instead of the store-wide glob
-    source = (
-        _quote(store.glob(kind)) if files is None else "[" + ", ".join(map(_quote, files)) + "]"
-    )
+    source = quote(store.glob(kind)) if files is None else quote_list(files)
     return (
         f"read_parquet({source}, hive_partitioning = true, union_by_name = {str(union_by_name).lower()}, "
         "hive_types = {'cluster': VARCHAR, 'date': DATE, 'hour': INTEGER})"
@@ -102,13 +73,6 @@ def view_sql(
     stmts += [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in CONVENIENCE_VIEWS.items()]
     stmts += [
         f"CREATE OR REPLACE MACRO {name}{args} AS {body}" for name, (args, body) in MACROS.items()
-    ]
-    # FlowFilter helpers (fp_*): what `flowpipe serve` filters compile to
-    from flowpipe.serve.filters import MACROS as FILTER_MACROS
-
-    stmts += [
-        f"CREATE OR REPLACE MACRO {name}{args} AS {body}"
-        for name, (args, body) in FILTER_MACROS.items()
     ]
     return stmts
 

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: fixtures that are not part of flowpipe."""
