@@ -23,6 +23,7 @@ from common import load_note, save_result
 
 from flowpipe.rules import check
 from flowpipe.rules import rulefile as rules
+from flowpipe.rules.status import STATUSES
 
 STAGES = [f"stage{i}.sql" for i in range(1, 6)]
 TARGET_S, TARGET_RATIO = 3.0, 100.0
@@ -137,7 +138,7 @@ def time_check(
 
 
 def summary(rep: check.CheckReport) -> str:
-    counts = {s: sum(r.status == s for r in rep.results) for s in check.STATUSES}
+    counts = {s: sum(r.status == s for r in rep.results) for s in STATUSES}
     return " ".join(f"{s} {n}" for s, n in counts.items() if n)
 
 

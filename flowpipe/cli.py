@@ -459,6 +459,7 @@ def check(
     """
     from flowpipe.rules import check as check_mod
     from flowpipe.rules import report
+    from flowpipe.rules.status import STATUSES
 
     store = open_store(store_path)
     result = check_mod.run_check(
@@ -479,9 +480,7 @@ def check(
                 fh.write(text)
         except OSError as exc:
             _fail(f"cannot write {output}: {exc.strerror or exc}")
-        counts = {
-            s: sum(r.status == s for r in result.results) for s in ("pass", "warn", "fail", "error")
-        }
+        counts = {str(s): sum(r.status == s for r in result.results) for s in STATUSES}
         click.echo(f"flowpipe check: {counts} -> {output}", err=True)
     else:
         click.echo(text, nl=False)

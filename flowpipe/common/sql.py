@@ -28,7 +28,7 @@ def _utc(ns: int) -> tuple[datetime, int]:
     return _EPOCH + timedelta(seconds=sec), frac
 
 
-def timestamp(ns: int) -> str:
+def timestamp_literal(ns: int) -> str:
     """A TIMESTAMPTZ_NS literal of ns since the epoch (clamped to DuckDB's range).
 
     The type of the stored `time` column, so DuckDB compares without a cast and pushes the
@@ -37,7 +37,7 @@ def timestamp(ns: int) -> str:
     return f"'{when:%Y-%m-%d %H:%M:%S}.{frac:09d}+00'::TIMESTAMPTZ_NS"
 
 
-def date(ns: int) -> str:
+def date_literal(ns: int) -> str:
     """A DATE literal of the UTC day of ns since the epoch (the store's `date` partition)."""
     return f"DATE '{_utc(ns)[0]:%Y-%m-%d}'"
 

@@ -23,12 +23,11 @@ from flowpipe.export.counters import COUNTERS, StoreCounters
 from flowpipe.export.metrics import EXPORTER_METRICS, parse_listen
 from flowpipe.rules import check
 from flowpipe.rules import rulefile as rules_mod
+from flowpipe.rules.status import STATUSES, Status, rank
 from flowpipe.store.layout import Store
 
 log = logging.getLogger("flowpipe.export")
 
-STATUSES = ("pass", "warn", "fail", "error")
-_RANK = {s: i for i, s in enumerate(STATUSES)}
 HEALTHY_INTERVALS = (
     3  # /healthz fails when the last good evaluation is older than this many intervals
 )
@@ -142,7 +141,7 @@ class Exporter:
             memory_limit=self.memory_limit,
             samples=0,
         )
-        self.errors["rule"] += sum(r.status == "error" for r in report.results)
+        self.errors["rule"] += sum(r.status == Status.ERROR for r in report.results)
         self.results, self.stage_status = report.results, report.stage_status()
 
     def _families(self) -> list:
@@ -159,17 +158,17 @@ class Exporter:
         worst: dict[tuple[str, str, str], check.RuleResult] = {}
         for r in self.results:  # two files may name a rule alike within a stage: report the worse
             key = (r.stage, r.rule, r.cluster)
-            if key not in worst or _RANK[r.status] > _RANK[worst[key].status]:
+            if key not in worst or rank(r.status) > rank(worst[key].status):
                 worst[key] = r
         for key, r in sorted(worst.items()):
             for s in STATUSES:
-                status.add_metric([*key, s], 1.0 if r.status == s else 0.0)
+                status.add_metric([*key, str(s)], 1.0 if r.status == s else 0.0)
             evidence.add_metric(list(key), r.evidence)
             violations.add_metric(list(key), r.violations)
             duration.add_metric(list(key), r.duration_s)
         conformant = m["stage_conformant"].family()
         for (stage, cluster), s in sorted(self.stage_status.items()):
-            conformant.add_metric([stage, cluster], 1.0 if s == "pass" else 0.0)
+            conformant.add_metric([stage, cluster], 1.0 if s == Status.PASS else 0.0)
         fams = [status, evidence, violations, duration, conformant]
         fams.append(_one(m["evaluation_duration_seconds"], self.last_duration))
         if self.last_success is not None:

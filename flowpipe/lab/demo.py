@@ -23,6 +23,7 @@ from flowpipe.errors import ConfigError, FlowpipeError
 from flowpipe.ingest import importer
 from flowpipe.lab import generate as lab
 from flowpipe.rules import check
+from flowpipe.rules.status import Status, stage_verdict
 from flowpipe.store.layout import Store
 from flowpipe.views import query
 
@@ -246,24 +247,18 @@ def _stage_line(stage: int, report: check.CheckReport) -> str:
     parts = []
     for cluster in report.clusters:
         rs = [r for r in report.results if r.cluster == cluster]
-        status = report.stage_status().get((f"{stage}", cluster)) or _worst(rs)
-        passed = sum(r.status == "pass" for r in rs)
+        status = report.stage_status().get((f"{stage}", cluster)) or stage_verdict(
+            r.status for r in rs
+        )
+        passed = sum(r.status == Status.PASS for r in rs)
         parts.append(f"{cluster} {status.upper()} ({passed}/{len(rs)} rules)")
     lines = [f"  check stage {stage}: " + ", ".join(parts)]
     lines += [
         f"    {r.cluster} {r.rule}: {r.message}"
         for r in report.results
-        if r.status in ("fail", "error")
+        if r.status in (Status.FAIL, Status.ERROR)
     ]
     return "\n".join(lines)
-
-
-def _worst(results: list[check.RuleResult]) -> str:
-    return (
-        "error"
-        if any(r.status == "error" for r in results)
-        else ("fail" if any(r.status == "fail" for r in results) else "pass")
-    )
 
 
 def _guide(

@@ -11,14 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from flowpipe.common.sql import quote, timestamp_literal
+from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, RuleError, StoreError
+from flowpipe.rules import planner, sandbox
 from flowpipe.rules import rulefile as rules_mod
-from flowpipe.rules import sandbox
 from flowpipe.rules.rulefile import Rule, RuleFile
+from flowpipe.rules.status import Status, stage_verdict
 from flowpipe.store.layout import Store, check_cluster
-from flowpipe.views import catalog as views
 
-STATUSES = ("pass", "warn", "fail", "error")
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
 _PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -32,7 +33,7 @@ class RuleResult:
     stage: str
     rule: str
     cluster: str
-    status: str  # pass | warn | fail | error
+    status: Status
     severity: str  # error | warn
     evidence: int  # flows in scope (rows of the rule's SELECT)
     violations: int  # flows that break the rule
@@ -53,22 +54,18 @@ class CheckReport:
 
     def passed(self) -> bool:
         """True when every error-severity rule passed on every cluster (warnings allowed)."""
-        return all(r.status == "pass" for r in self.results if r.severity == "error")
+        return all(r.status == Status.PASS for r in self.results if r.severity == "error")
 
-    def stage_status(self) -> dict[tuple[str, str], str]:
+    def stage_status(self) -> dict[tuple[str, str], Status]:
         """(stage, cluster) -> pass | fail | error (error: some rule could not run)."""
-        out: dict[tuple[str, str], str] = {}
-        rank = {"pass": 0, "fail": 1, "error": 2}
+        by_stage: dict[tuple[str, str], list[Status]] = {}
         for r in self.results:
-            status = "error" if r.status == "error" else "fail" if r.status == "fail" else "pass"
-            key = (r.stage, r.cluster)
-            if rank[status] >= rank[out.get(key, "pass")]:
-                out[key] = status
-        return out
+            by_stage.setdefault((r.stage, r.cluster), []).append(r.status)
+        return {key: stage_verdict(statuses) for key, statuses in by_stage.items()}
 
     def errors(self) -> list[RuleResult]:
         """Results whose rule could not run."""
-        return [r for r in self.results if r.status == "error"]
+        return [r for r in self.results if r.status == Status.ERROR]
 
 
 def parse_time(
@@ -159,8 +156,8 @@ def validate(rf: RuleFile) -> None:
         sandbox.check_sql(rule.sql, rule.where(rule.sql_line))
         for expr, line in zip(rule.asserts, rule.assert_lines):
             sandbox.check_expression(expr, rule.where(line))
-        for sql in (counts_sql(rule), samples_sql(rule, 1, ordered=True)):
-            sandbox.check_sql(sql, rule.where())  # what actually runs, checked as a whole
+        for query in (counts_sql(rule), samples_sql(rule, 1, ordered=True)):
+            sandbox.check_sql(query, rule.where())  # what actually runs, checked as a whole
 
 
 def counts_sql(rule: Rule) -> str:
@@ -180,152 +177,10 @@ def samples_sql(rule: Rule, limit: int, *, ordered: bool, cluster: str | None = 
     cluster: of that cluster only (views over several clusters)."""
     conds = [f"NOT coalesce(({rule.condition}), false)"] if rule.expect == "all" else []
     if cluster is not None:
-        conds.insert(0, f"cluster = {sandbox._quote(check_cluster(cluster))}")
+        conds.insert(0, f"cluster = {quote(check_cluster(cluster))}")
     cond = f" WHERE {' AND '.join(conds)}" if conds else ""
     order = " ORDER BY time" if ordered else ""
     return f"SELECT * FROM (\n{rule.sql}\n) AS rule_flows{cond}{order} LIMIT {int(limit)}"
-
-
-@dataclass
-class _Shape:
-    """A rule that filters rows of one base view (flows or events): `SELECT * FROM v WHERE c`."""
-
-    rf: RuleFile
-    rule: Rule
-    base: str
-    scope: str  # the rows the rule is about, as one condition over the base view
-    keys: list[
-        list[str]
-    ]  # per AND term of the rule's WHERE: scan-filterable comparisons (see sandbox.conjuncts)
-    view_keys: list[str]  # scan-filterable terms of the view's own filter (e.g. event_type = 5)
-
-
-def _shape(rf: RuleFile, rule: Rule) -> _Shape | None:
-    """The rule as a row filter of flows/events, or None when it is more than that."""
-    found = sandbox.row_filter(rule.sql)
-    if found is None:
-        return None
-    view, cond = found
-    conds = [cond] if cond else []
-    keys = [k for _, k in sandbox.conjuncts(cond)] if cond else []
-    view_keys: list[str] = []
-    while view not in ("flows", "events"):  # a convenience view: its own filter of flows/events
-        inner = views.CONVENIENCE_VIEWS.get(view)
-        found = sandbox.row_filter(inner) if inner else None
-        if found is None:
-            return None
-        view, cond = found
-        conds = ([cond] if cond else []) + conds
-        view_keys += [k[0] for _, k in sandbox.conjuncts(cond) if len(k) == 1] if cond else []
-    return _Shape(rf, rule, view, " AND ".join(f"({c})" for c in conds) or "true", keys, view_keys)
-
-
-@dataclass
-class _Piece:
-    """Rows of one rule read by one scan: those of `key` (filtered inside the scan) and `extra`."""
-
-    shape: _Shape
-    key: str | None
-    extra: str | None  # earlier OR branches are not true: the pieces of a rule are disjoint
-
-    @property
-    def rows(self) -> str:
-        """The piece's rows as one condition (without the scan's WHERE)."""
-        return " AND ".join(
-            [f"({self.key})"] * (self.key is not None)
-            + [self.shape.scope]
-            + [self.extra] * bool(self.extra)
-        )
-
-    @property
-    def violations(self) -> str:
-        if self.shape.rule.expect == "all":
-            return f"{self.rows} AND NOT coalesce(({self.shape.rule.condition}), false)"
-        return self.rows if self.shape.rule.expect == "none" else "false"
-
-
-def _pieces(shapes: list[_Shape]) -> list[_Piece]:
-    """Split every rule into pieces, each read by the scan of one key.
-
-    A rule's key is one of its column = constant terms: rows failing it are skipped inside the
-    scan, before DuckDB decodes the other columns (e.g. label lists). A rule whose only such
-    terms sit in an OR (src_namespace = 'shop' OR dst_namespace = 'shop') is read in disjoint
-    pieces, one per branch. Keys are chosen so that few scans cover every rule: each scan
-    costs a pass over every file of the window."""
-    chosen: list[str] = []
-
-    def options(sh: _Shape) -> tuple[list[str], list[list[str]]]:
-        singles = [ks[0] for ks in sh.keys if len(ks) == 1]
-        splits = [ks for ks in sh.keys if len(ks) > 1]
-        return (singles, splits) if singles or splits else (sh.view_keys, [])
-
-    def covered(sh: _Shape) -> bool:
-        singles, splits = options(sh)
-        return any(k in chosen for k in singles) or any(
-            all(k in chosen for k in ks) for ks in splits
-        )
-
-    # rules that can only be read in pieces need every branch of one of their ORs
-    for sh in shapes:
-        singles, splits = options(sh)
-        if not singles and splits and not covered(sh):
-            best = max(splits, key=lambda ks: sum(k in chosen for k in ks))
-            chosen += [k for k in best if k not in chosen]
-    # then, greedily, the key shared by most rules not yet covered
-    while True:
-        todo = [sh for sh in shapes if not covered(sh) and options(sh)[0]]
-        if not todo:
-            break
-        votes: dict[str, int] = {}
-        for sh in todo:
-            for k in dict.fromkeys(options(sh)[0]):
-                votes[k] = votes.get(k, 0) + 1
-        chosen.append(max(votes, key=lambda k: votes[k]))
-    out = []
-    for sh in shapes:
-        singles, splits = options(sh)
-        key = next((k for k in chosen if k in singles), None)
-        if key is not None or not splits:
-            out.append(_Piece(sh, key, None))
-            continue
-        branches = next(ks for ks in splits if all(k in chosen for k in ks))
-        for i, k in enumerate(branches):
-            extra = " AND ".join(f"({b}) IS NOT TRUE" for b in branches[:i]) or None
-            out.append(_Piece(sh, k, extra))
-    return out
-
-
-def together_sql(base: str, key: str | None, pieces: list[_Piece], k: int = 0) -> str:
-    """One scan of base: per cluster and piece, evidence (e<i>), violations (v<i>) and, for
-    samples, the times of the k oldest violations (t<i>) and how many violations have a time (n<i>)."""
-    cols = []
-    for i, pc in enumerate(pieces):
-        cols.append(f"count(*) FILTER (WHERE {pc.rows}) AS e{i}")
-        cols.append(f"count(*) FILTER (WHERE {pc.violations}) AS v{i}")
-        if k > 0:
-            cols.append(f"min(epoch_ns(time), {int(k)}) FILTER (WHERE {pc.violations}) AS t{i}")
-            cols.append(f"count(time) FILTER (WHERE {pc.violations}) AS n{i}")
-    # the key alone is filtered inside the scan; any piece's rows are then picked before the
-    # view's columns are computed (they are, for those rows only)
-    anyone = " OR ".join(dict.fromkeys(f"({pc.shape.scope})" for pc in pieces))
-    where = f"({key}) AND ({anyone})" if key else anyone
-    return f"SELECT cluster,\n  {_SEP.join(cols)}\nFROM {base}\nWHERE {where}\nGROUP BY cluster"
-
-
-_SEP = ",\n  "
-_FLAG = "__flowpipe_sample_"  # columns added to sample rows, dropped before they are reported
-
-
-def samples_fetch_sql(base: str, times: list[int], pieces: list[_Piece]) -> str:
-    """Rows of base at the given times (ns) with, per piece, whether they violate it."""
-    flags = [f"({pc.violations}) AS {_FLAG}{i}" for i, pc in enumerate(pieces)]
-    at = ", ".join(_ts_ns(t) for t in sorted(set(times)))
-    return f"SELECT *,\n  {_SEP.join(flags)}\nFROM {base}\nWHERE time IN ({at})"
-
-
-def _ts_ns(ns: int) -> str:
-    sec, frac = divmod(ns, 1_000_000_000)
-    return f"'{datetime.fromtimestamp(sec, UTC):%Y-%m-%d %H:%M:%S}.{frac:09d}+00'::TIMESTAMPTZ_NS"
 
 
 def _evaluate_together(
@@ -337,16 +192,16 @@ def _evaluate_together(
     k: int,
 ) -> dict[tuple[str, str, str], RuleResult]:
     """Results of the row-filter rules, keyed (file, rule, cluster): a few scans for all of them and
-    all clusters (one per key, see _pieces), instead of one per rule and cluster.
+    all clusters (one per key, see planner.plan), instead of one per rule and cluster.
 
     A scan that fails or runs out of time leaves its rules to the per-cluster path, which then
     reports each rule's own error (its time limit is the sum of its rules' on every cluster)."""
-    shapes = [sh for rf, rule in plan if (sh := _shape(rf, rule)) is not None]
+    shapes = [sh for rf, rule in plan if (sh := planner.shape(rf, rule)) is not None]
     if not shapes:
         return {}
     sb.scope_all()
-    scans: dict[tuple[str, str | None], list[_Piece]] = {}
-    for pc in _pieces(shapes):
+    scans: dict[tuple[str, str | None], list[planner.Piece]] = {}
+    for pc in planner.plan(shapes):
         scans.setdefault((pc.shape.base, pc.key), []).append(pc)
     counts: dict[
         tuple[int, str], list[int]
@@ -356,13 +211,13 @@ def _evaluate_together(
     spent: dict[int, float] = {}
     failed: set[int] = set()
     for (base, key), pieces in scans.items():
-        sql = together_sql(base, key, pieces, k)
+        query = planner.together_sql(base, key, pieces, k)
         started = time.monotonic()
         try:
             sandbox.check_sql(
-                sql, f"rules over {base}"
+                query, f"rules over {base}"
             )  # built from checked parts; checked whole anyway
-            _, rows = sb.run(sql, timeout * len({id(pc.shape) for pc in pieces}) * len(names))
+            _, rows = sb.run(query, timeout * len({id(pc.shape) for pc in pieces}) * len(names))
         except (RuleError, sandbox.RuleTimeout, duckdb.Error):
             failed.update(id(pc.shape) for pc in pieces)
             continue
@@ -392,17 +247,14 @@ def _evaluate_together(
                 sh.rf.stage,
                 sh.rule.name,
                 cluster,
-                "error",
+                Status.ERROR,
                 sh.rule.severity,
                 evidence,
                 violations,
                 sh.rule.why,
                 "",
             )
-            failed_rule, res.message = _judge(sh.rule, res.evidence, res.violations)
-            res.status = (
-                ("warn" if sh.rule.severity == "warn" else "fail") if failed_rule else "pass"
-            )
+            res.status, res.message = _judge(sh.rule, res.evidence, res.violations)
             res.duration_s = spent.get(id(sh), 0.0) / len(names)
             out[(sh.rf.path, sh.rule.name, cluster)] = res
     if k > 0:
@@ -425,8 +277,8 @@ def _evaluate_together(
 
 def _samples_together(
     sb: sandbox.Sandbox,
-    shapes: list[_Shape],
-    scans: dict[tuple[str, str | None], list[_Piece]],
+    shapes: list[planner.Shape],
+    scans: dict[tuple[str, str | None], list[planner.Piece]],
     out: dict[tuple[str, str, str], RuleResult],
     names: list[str],
     times: dict[tuple[int, str], list[int]],
@@ -445,12 +297,12 @@ def _samples_together(
     for sh in shapes:
         for cluster in names:
             res = out[(sh.rf.path, sh.rule.name, cluster)]
-            if res.status in ("fail", "warn") and res.violations:
+            if res.status in (Status.FAIL, Status.WARN) and res.violations:
                 if timed.get((id(sh), cluster), 0) >= min(k, res.violations):
                     wanted[(id(sh), cluster)] = res
                 else:  # some of the k oldest have no time: the plain query orders them last
                     alone[(id(sh), cluster)] = (sh.rule, res)
-    bases: dict[str, list[_Piece]] = {}
+    bases: dict[str, list[planner.Piece]] = {}
     for (base, _), pieces in scans.items():
         bases.setdefault(base, []).extend(
             pc for pc in pieces if any((id(pc.shape), c) in wanted for c in names)
@@ -465,19 +317,19 @@ def _samples_together(
         ]
         if not at:
             continue
-        sql = samples_fetch_sql(base, at, pieces)
+        query = planner.samples_fetch_sql(base, at, pieces)
         started = time.monotonic()
         try:
-            sandbox.check_sql(sql, f"samples over {base}")
+            sandbox.check_sql(query, f"samples over {base}")
             # the files holding those rows, from a scan of the time column alone; then all the
             # columns of those few files (a wide scan of every file costs seconds)
             _, found = sb.run(
                 f"SELECT DISTINCT filename FROM {base}_proto_files WHERE time IN "
-                f"({', '.join(_ts_ns(t) for t in sorted(set(at)))})",
+                f"({', '.join(timestamp_literal(t) for t in sorted(set(at)))})",
                 timeout,
             )
             sb.scope_all(only={f for (f,) in found})
-            cols, rows = sb.run(sql, timeout * len(wanted))
+            cols, rows = sb.run(query, timeout * len(wanted))
         except (RuleError, sandbox.RuleTimeout, duckdb.Error):
             alone.update(
                 {
@@ -526,20 +378,19 @@ def _evaluate(
     k: int,
 ) -> RuleResult:
     res = RuleResult(
-        rf.path, rf.stage, rule.name, cluster, "error", rule.severity, 0, 0, rule.why, ""
+        rf.path, rf.stage, rule.name, cluster, Status.ERROR, rule.severity, 0, 0, rule.why, ""
     )
     started = time.monotonic()
     try:
         _, rows = sb.run(counts_sql(rule), timeout)
         res.evidence, res.violations = int(rows[0][0]), int(rows[0][1])
-        failed, res.message = _judge(rule, res.evidence, res.violations)
-        res.status = ("warn" if rule.severity == "warn" else "fail") if failed else "pass"
-        if failed and res.violations and k > 0:
+        res.status, res.message = _judge(rule, res.evidence, res.violations)
+        if res.status != Status.PASS and res.violations and k > 0:
             left = max(0.1, timeout - (time.monotonic() - started))
             res.samples = _samples(sb, rule, k, left)
     except (sandbox.RuleTimeout, duckdb.Error) as exc:
         res.message = _failure(exc, memory_limit)
-    if res.status == "error":
+    if res.status == Status.ERROR:
         res.message = f"{rule.where()}: {res.message}"
     res.duration_s = round(time.monotonic() - started, 6)
     return res
@@ -550,11 +401,19 @@ def _failure(exc: Exception, memory_limit: str) -> str:
     if isinstance(exc, duckdb.OutOfMemoryException):
         return f"out of memory (--memory-limit {memory_limit})"
     if isinstance(exc, duckdb.Error):
-        return f"SQL error: {_first_line(exc)}"
+        return f"SQL error: {first_line(exc)}"
     return str(exc)  # the rule's timeout
 
 
-def _judge(rule: Rule, evidence: int, violations: int) -> tuple[bool, str]:
+def _judge(rule: Rule, evidence: int, violations: int) -> tuple[Status, str]:
+    """(status, message) for a rule's counts: a failed rule is a failure, or a warning."""
+    failed, message = _verdict(rule, evidence, violations)
+    if not failed:
+        return Status.PASS, message
+    return (Status.WARN if rule.severity == "warn" else Status.FAIL), message
+
+
+def _verdict(rule: Rule, evidence: int, violations: int) -> tuple[bool, str]:
     """(failed, message) for a rule's counts."""
     if rule.expect == "none":
         if violations:
@@ -584,7 +443,3 @@ def _samples(
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
-
-
-def _first_line(exc: Exception) -> str:
-    return " ".join(str(exc).strip().splitlines()[:1])

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
-import decimal
 import json
 import re
-import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from flowpipe.common.text import json_default
 from flowpipe.rules.check import CheckReport, RuleResult
+from flowpipe.rules.status import STATUSES, Status
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 FORMATS = ("text", "json", "junit")
@@ -63,7 +63,7 @@ def _simple_line(row: Mapping[str, Any]) -> str:
         return f"{host}:{port}" if port else str(host)
 
     if "src_namespace" not in row and "time" not in row:
-        return json.dumps(dict(row), default=_json_default, sort_keys=True)[:300]
+        return json.dumps(dict(row), default=json_default, sort_keys=True)[:300]
     what = " ".join(str(row.get(k)) for k in ("event", "verdict") if row.get(k))
     summary = row.get("summary") or ""
     return f"{when}: {side('src')} -> {side('dst')} {what} ({summary})"
@@ -92,7 +92,7 @@ def render_text(report: CheckReport) -> str:
         (
             f"{r.file}/{r.rule}" if prefix else r.rule,
             r.cluster,
-            r.status.upper() if r.status != "pass" else "pass",
+            r.status.upper() if r.status != Status.PASS else str(r.status),
             str(r.evidence),
             str(r.violations),
         )
@@ -106,7 +106,7 @@ def render_text(report: CheckReport) -> str:
     # one block per failing rule and message: "no evidence" on five clusters is one finding
     blocks: dict[tuple, list[RuleResult]] = {}
     for r in report.results:
-        if r.status != "pass":
+        if r.status != Status.PASS:
             key = (r.file, r.rule, r.status, r.message, id(r) if r.samples else None)
             blocks.setdefault(key, []).append(r)
     for group in blocks.values():
@@ -121,8 +121,8 @@ def render_text(report: CheckReport) -> str:
     counts = Counter(r.status for r in report.results)
     verdict = {EXIT_OK: "PASS", EXIT_FAILED: "FAIL", EXIT_ERROR: "ERROR"}[exit_code(report)]
     lines.append(
-        f"result: {verdict} ({counts['pass']} passed, {counts['warn']} warnings, "
-        f"{counts['fail']} failed, {counts['error']} errors)"
+        f"result: {verdict} ({counts[Status.PASS]} passed, {counts[Status.WARN]} warnings, "
+        f"{counts[Status.FAIL]} failed, {counts[Status.ERROR]} errors)"
     )
     return "\n".join(lines) + "\n"
 
@@ -145,18 +145,6 @@ def _failure_text(group: list[RuleResult]) -> list[str]:
 
 def _iso(dt: _dt.datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
-        return v.isoformat()
-    if isinstance(v, (decimal.Decimal, uuid.UUID)):
-        return str(v)
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return bytes(v).hex()
-    if isinstance(v, _dt.timedelta):
-        return v.total_seconds()
-    return str(v)
 
 
 def result_dict(r: RuleResult) -> dict[str, Any]:
@@ -187,13 +175,13 @@ def render_json(report: CheckReport) -> str:
         "since": _iso(report.since),
         "until": _iso(report.until),
         "clusters": report.clusters,
-        "counts": {s: counts.get(s, 0) for s in ("pass", "warn", "fail", "error")},
+        "counts": {str(s): counts.get(s, 0) for s in STATUSES},
         "stages": [
             {"stage": s, "cluster": c, "status": v} for (s, c), v in report.stage_status().items()
         ],
         "results": [result_dict(r) for r in report.results],
     }
-    return json.dumps(doc, indent=2, default=_json_default) + "\n"
+    return json.dumps(doc, indent=2, default=json_default) + "\n"
 
 
 # ------------------------------------------------------------------ junit
@@ -216,8 +204,8 @@ def render_junit(report: CheckReport) -> str:
             "testsuite",
             name=_x(file),
             tests=str(len(results)),
-            failures=str(counts["fail"]),
-            errors=str(counts["error"]),
+            failures=str(counts[Status.FAIL]),
+            errors=str(counts[Status.ERROR]),
             skipped="0",
             time=f"{sum(r.duration_s for r in results):.3f}",
         )
@@ -230,16 +218,16 @@ def render_junit(report: CheckReport) -> str:
                 time=f"{r.duration_s:.3f}",
             )
             body = "\n".join([f"why: {r.why}", *(flow_line(s) for s in r.samples)])
-            if r.status == "fail":
+            if r.status == Status.FAIL:
                 ET.SubElement(case, "failure", message=_x(r.message), type="fail").text = _x(body)
-            elif r.status == "error":
+            elif r.status == Status.ERROR:
                 ET.SubElement(case, "error", message=_x(r.message), type="error").text = _x(body)
-            elif r.status == "warn":  # JUnit has no warning: a passing case that says so
+            elif r.status == Status.WARN:  # JUnit has no warning: a passing case that says so
                 ET.SubElement(case, "system-out").text = _x(f"WARNING: {r.message}\n{body}")
     total = Counter(r.status for r in report.results)
     root.set("tests", str(len(report.results)))
-    root.set("failures", str(total["fail"]))
-    root.set("errors", str(total["error"]))
+    root.set("failures", str(total[Status.FAIL]))
+    root.set("errors", str(total[Status.ERROR]))
     root.set("time", f"{sum(r.duration_s for r in report.results):.3f}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

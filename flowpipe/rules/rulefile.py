@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 
+from flowpipe.common.text import first_line
 from flowpipe.errors import RuleError
 
 SETTINGS = ("rule", "why", "expect", "assert", "min_flows", "severity")
@@ -237,7 +238,7 @@ def _statement(d: _Draft) -> str:
     try:
         stmts = duckdb.extract_statements(text)
     except duckdb.Error as exc:
-        msg = str(exc).strip().splitlines()[0]
+        msg = first_line(exc)
         m = _LINE_RE.search(str(exc))
         line = d.sql_line + int(m.group(1)) - 1 if m else d.sql_line
         raise d.fail(line, f"SQL syntax: {msg}") from exc

@@ -7,12 +7,14 @@ import json
 import os
 import re
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from flowpipe.common.sql import date_literal, datetime_ns, quote, quote_list, timestamp_literal
+from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, RuleError, StoreError
 from flowpipe.store.layout import EVENTS, FLOWS, SCHEMA_CLUSTER, Store
 from flowpipe.views import catalog as views
@@ -72,7 +74,6 @@ _TABLE_REFS = {
 }
 _VIEW_RE = re.compile(r"^CREATE OR REPLACE VIEW (\w+)")
 HOUR_NS = 3_600_000_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @functools.cache
@@ -103,7 +104,7 @@ def check_sql(sql: str, where: str, allowed_tables: frozenset[str] | None = None
     try:
         stmts = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise RuleError(f"{where}: SQL syntax: {_first_line(exc)}") from exc
+        raise RuleError(f"{where}: SQL syntax: {first_line(exc)}") from exc
     if len(stmts) != 1:
         raise RuleError(f"{where}: {len(stmts)} statements; a rule is exactly one SELECT")
     if stmts[0].type != duckdb.StatementType.SELECT:
@@ -334,10 +335,6 @@ def _check_table_ref(node: dict, ctes: frozenset[str], tables: frozenset[str], w
             )
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
-
-
 # ------------------------------------------------------------------ the connection
 
 
@@ -359,8 +356,8 @@ class Sandbox:
         threads: int | None = None,
     ):
         self.store, self.since, self.until = store, since, until
-        since_ns = _ns(since) if since else None
-        until_ns = _ns(until) if until else None
+        since_ns = datetime_ns(since) if since else None
+        until_ns = datetime_ns(until) if until else None
         # listed once: files committed later are not seen, and no other path is ever readable
         self.files = {
             c: {kind: window_files(store, kind, c, since_ns, until_ns) for kind in (FLOWS, EVENTS)}
@@ -390,7 +387,7 @@ class Sandbox:
             self.con = duckdb.connect(":memory:", config=config)
         except duckdb.Error as exc:
             raise ConfigError(
-                f"cannot start DuckDB (--memory-limit {memory_limit!r}?): {_first_line(exc)}"
+                f"cannot start DuckDB (--memory-limit {memory_limit!r}?): {first_line(exc)}"
             ) from exc
         try:
             self.con.execute("SET TimeZone = 'UTC'")
@@ -402,7 +399,7 @@ class Sandbox:
             # them ahead only costs
             self.con.execute("SET disable_parquet_prefetching = true")
             # exact files, not directories: a directory grant would also allow writing new files
-            self.con.execute(f"SET allowed_paths = [{', '.join(map(_quote, readable))}]")
+            self.con.execute(f"SET allowed_paths = {quote_list(readable)}")
             self.con.execute("SET enable_external_access = false")
             for optional in ("SET allow_extension_repositories = 'forbidden'",):
                 try:  # a newer-DuckDB setting; the locks below hold without it
@@ -412,7 +409,7 @@ class Sandbox:
             self.con.execute("SET lock_configuration = true")
         except duckdb.Error as exc:
             self.con.close()
-            raise ConfigError(f"cannot lock down DuckDB: {_first_line(exc)}") from exc
+            raise ConfigError(f"cannot lock down DuckDB: {first_line(exc)}") from exc
         self._lock = threading.Lock()
         self._running = 0
         self._scoped = False
@@ -428,12 +425,14 @@ class Sandbox:
         self._define(list(self.files), only)
 
     def _define(self, clusters: list[str], only: set[str] | None = None) -> None:
-        names = ", ".join(map(_quote, clusters))
+        names = ", ".join(map(quote, clusters))
         conds = [f"cluster = {names}" if len(clusters) == 1 else f"cluster IN ({names})"]
         if self.since:
-            conds += [f"date >= DATE '{self.since:%Y-%m-%d}'", f"time >= {_ts(self.since)}"]
+            since = datetime_ns(self.since)
+            conds += [f"date >= {date_literal(since)}", f"time >= {timestamp_literal(since)}"]
         if self.until:
-            conds += [f"date <= DATE '{self.until:%Y-%m-%d}'", f"time <= {_ts(self.until)}"]
+            until = datetime_ns(self.until)
+            conds += [f"date <= {date_literal(until)}", f"time <= {timestamp_literal(until)}"]
         files = {
             kind: list(dict.fromkeys(f for c in clusters for f in self.files[c][kind]))
             for kind in (FLOWS, EVENTS)
@@ -508,17 +507,4 @@ def _hour_ns(hour_dir: Path) -> int | None:
         hour = int(hour_dir.name.split("=", 1)[1])
     except (IndexError, ValueError):
         return None  # unexpected name: read it rather than silently skip it
-    return _ns(day) + hour * HOUR_NS
-
-
-def _ns(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _ts(dt: datetime) -> str:
-    # TIMESTAMPTZ_NS like the stored column, so DuckDB pushes it into the Parquet scan
-    return f"'{dt.isoformat()}'::TIMESTAMPTZ_NS"
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+    return datetime_ns(day) + hour * HOUR_NS

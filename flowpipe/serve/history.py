@@ -8,8 +8,7 @@ import duckdb
 import pyarrow as pa
 
 from flowpipe.codec import storage
-from flowpipe.common import sql
-from flowpipe.common.sql import MAX_NS, SECOND, quote
+from flowpipe.common.sql import MAX_NS, SECOND, date_literal, quote, timestamp_literal
 from flowpipe.serve.responses import lost_event_response, wrap_flow
 from flowpipe.store.compact import COMPACT_SUFFIX
 from flowpipe.store.layout import EVENTS, FLOWS, Store
@@ -65,8 +64,8 @@ class StoreReader:
         """Time of the first matching flow with t <= time <= until: skips gaps without empty windows."""
         with self.store.read_lock():
             row = self.con.sql(
-                f"SELECT epoch_ns(min(time)) FROM flows_proto_files WHERE time >= {sql.timestamp(t)} "
-                f"AND time <= {sql.timestamp(until)} AND date >= {sql.date(t)} AND date <= {sql.date(until)} "
+                f"SELECT epoch_ns(min(time)) FROM flows_proto_files WHERE time >= {timestamp_literal(t)} "
+                f"AND time <= {timestamp_literal(until)} AND date >= {date_literal(t)} AND date <= {date_literal(until)} "
                 f"AND {self._scope(files)} AND {self.where}"
             ).fetchall()[0]
         return row[0]
@@ -102,10 +101,10 @@ class StoreReader:
     ) -> pa.Table:
         """Matching flows with lo <= time < hi after key `after`, in key order, at most limit."""
         conds = [
-            f"time >= {sql.timestamp(lo)}",
-            f"time < {sql.timestamp(hi)}",
-            f"date >= {sql.date(lo)}",
-            f"date <= {sql.date(hi)}",
+            f"time >= {timestamp_literal(lo)}",
+            f"time < {timestamp_literal(hi)}",
+            f"date >= {date_literal(lo)}",
+            f"date <= {date_literal(hi)}",
             self._scope(files),
             self.where,
         ]
@@ -113,7 +112,7 @@ class StoreReader:
             t, c, u, f = after
             last = ">=" if inclusive else ">"
             conds.append(
-                f"(time > {sql.timestamp(t)} OR (time = {sql.timestamp(t)} AND (cluster > {quote(c)} OR (cluster = "
+                f"(time > {timestamp_literal(t)} OR (time = {timestamp_literal(t)} AND (cluster > {quote(c)} OR (cluster = "
                 f"{quote(c)} AND ({KEY_UUID} > {quote(u)} OR ({KEY_UUID} = {quote(u)} "
                 f"AND {KEY_FP} {last} {int(f)}))))))"
             )
@@ -126,7 +125,7 @@ class StoreReader:
         query = (
             "SELECT epoch_ns(time), lost_events.source, lost_events.num_events_lost, lost_events.cpu, "
             "epoch_ns(lost_events.first), epoch_ns(lost_events.last), node_name FROM events_proto_files "
-            f"WHERE lost_events IS NOT NULL AND time >= {sql.timestamp(lo)} AND time <= {sql.timestamp(hi)} "
+            f"WHERE lost_events IS NOT NULL AND time >= {timestamp_literal(lo)} AND time <= {timestamp_literal(hi)} "
             f"AND {self._scope(files)} ORDER BY time"
         )
         with self.store.read_lock():
@@ -143,7 +142,7 @@ class StoreReader:
 
     def any_after(self, t: int, files: set[str]) -> bool:
         """Whether any flow (matching or not) in files is newer than t (ends a stream with until)."""
-        return self._count(f"time > {sql.timestamp(t)}", files=files) > 0
+        return self._count(f"time > {timestamp_literal(t)}", files=files) > 0
 
 
 def _chunks(table: pa.Table) -> list[tuple[int, bytes]]:

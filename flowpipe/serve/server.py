@@ -18,8 +18,7 @@ import grpc
 from flowpipe import __version__
 from flowpipe.api.observer import observer_pb2
 from flowpipe.api.relay import relay_pb2
-from flowpipe.common import sql
-from flowpipe.common.sql import MAX_NS, MIN_NS, SECOND
+from flowpipe.common.sql import MAX_NS, MIN_NS, SECOND, timestamp_literal
 from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, FilterError, StoreError
 from flowpipe.serve import filters
@@ -256,7 +255,7 @@ class ObserverService:
 
     def ServerStatus(self, request, context) -> observer_pb2.ServerStatusResponse:
         """Flow counts over the whole store; flows_rate over the last minute of flow times."""
-        minute_ago = sql.timestamp(time.time_ns() - 60 * SECOND)
+        minute_ago = timestamp_literal(time.time_ns() - 60 * SECOND)
         total, recent = self._rows(
             f"SELECT count(*), count(*) FILTER (WHERE time >= {minute_ago}) FROM flows_proto"
         )[0]

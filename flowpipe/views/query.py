@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import decimal
 import json
-import uuid
 from typing import IO, Any
 
 import duckdb
 
+from flowpipe.common.text import first_line, json_default
 from flowpipe.errors import QueryError
 from flowpipe.store.layout import Store
 from flowpipe.views import catalog as views
@@ -27,14 +26,9 @@ def fetch(store: Store, sql: str, params: list | None = None) -> tuple[list[str]
             names = [d[0] for d in rel.description]
             return names, rel.fetchall()
         except duckdb.Error as exc:
-            raise QueryError(f"query failed: {_first_line(exc)}") from exc
+            raise QueryError(f"query failed: {first_line(exc)}") from exc
         finally:
             con.close()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return " ".join(text.split("\n")[:3])
 
 
 def run(store: Store, sql: str, *, fmt: str = "table", out: IO[str], max_rows: int = 1000) -> int:
@@ -47,29 +41,17 @@ def run(store: Store, sql: str, *, fmt: str = "table", out: IO[str], max_rows: i
             w.writerow([_text(v) for v in row])
     elif fmt == "json":
         for row in rows:
-            out.write(json.dumps(dict(zip(names, row)), default=_json_default) + "\n")
+            out.write(json.dumps(dict(zip(names, row)), default=json_default) + "\n")
     else:
         out.write(render_table(names, rows, max_rows=max_rows))
     return len(rows)
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
-        return v.isoformat()
-    if isinstance(v, (decimal.Decimal, uuid.UUID)):
-        return str(v)
-    if isinstance(v, (bytes, bytearray)):
-        return v.hex()
-    if isinstance(v, _dt.timedelta):
-        return v.total_seconds()
-    return str(v)
 
 
 def _text(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, (list, dict)):
-        return json.dumps(v, default=_json_default)
+        return json.dumps(v, default=json_default)
     if isinstance(v, _dt.datetime):
         return v.isoformat()
     return str(v)
