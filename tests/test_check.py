@@ -188,6 +188,15 @@ def test_window_restricts_flows_and_files(store: Store, tmp_path: Path):
         sb.close()
 
 
+def test_a_window_wider_than_duckdb_time_is_every_flow(shop: Store, tmp_path: Path):
+    """Bounds outside DuckDB's TIMESTAMP_NS range (1677-2262) hold every stored flow; they used to
+    make every rule an error (the literal did not convert)."""
+    path = rule_file(tmp_path, OK + BAD + SOFT)
+    wide = check.run_check(shop, [path], since="1000-01-01T00:00:00Z", until="9999-12-31T00:00:00Z")
+    assert not wide.errors(), [r.message for r in wide.errors()]
+    assert statuses(wide) == statuses(check.run_check(shop, [path]))
+
+
 def test_samples_are_flow_rows_oldest_first_and_capped(store: Store, tmp_path: Path):
     write(
         store,

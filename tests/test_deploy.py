@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import yaml
 
 from flowpipe.export.metrics import EXPORTER_METRICS
 from flowpipe.rules import rulefile as rules_mod
+from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -228,14 +228,8 @@ def test_dashboard_imports_as_is():
             assert panel["datasource"]["uid"] == "${datasource}"
 
 
-promtool = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    promtool is None, reason="promtool not installed (Debian package prometheus)"
-)
-
-
-@needs_promtool
 def test_promtool_config_rules_and_unit_tests():
+    promtool = require("promtool")
     for args in (
         ["check", "config", "prometheus.yml"],
         ["check", "rules", "flowpipe-alerts.yml"],

@@ -27,6 +27,7 @@ from flowpipe.serve.replay import ReplayServer, write_responses
 from flowpipe.store import compact
 from flowpipe.store.layout import Store
 from flowpipe.views import query
+from tests.support.tools import require
 
 HOUR = 3_600_000_000_000
 RULES = """-- flowpipe: stage=t1 title="test rules"
@@ -165,14 +166,30 @@ def test_metrics_content(store, exporter):
     names = {n.removesuffix("_total") for n, _ in smp}
     declared = {s.full_name.removesuffix("_total") for s in EXPORTER_METRICS.values()}
     assert names <= declared  # nothing served that metrics.py does not declare
-    if shutil.which("promtool"):
-        res = subprocess.run(
-            ["promtool", "check", "metrics"],
-            input=exporter.render(False)[0],
-            capture_output=True,
-            timeout=30,
-        )
-        assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_promtool_accepts_the_exposition(store, rules_dir):
+    """promtool's linter over a scrape of export with an in-process collector (both registries)."""
+    from prometheus_client import CollectorRegistry
+
+    from flowpipe.export.metrics import CollectorMetrics
+
+    promtool = require("promtool")
+    live = CollectorRegistry()
+    collector = CollectorMetrics(live)
+    collector.init_cluster("cluster1")
+    collector.lost_events.labels("cluster1", "OBSERVER_EVENTS_QUEUE").inc(3)
+    collector.flush_seconds.labels("cluster1").observe(0.02)
+    exporter = export.Exporter(store, [rules_dir], interval=30, window=3600, live=live)
+    write_lab(store, time.time_ns() - 300 * 10**9)
+    assert exporter.evaluate(), exporter.last_error
+    body = exporter.render(False)[0]
+    assert b"flowpipe_collector_flows_received_total" in body
+    assert b"flowpipe_rule_status{" in body and b"flowpipe_flows_processed_total{" in body
+    res = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_counters_monotonic_across_compaction_retention_restart(store, rules_dir):

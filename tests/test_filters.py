@@ -674,3 +674,27 @@ def test_prefilter_never_drops_a_matching_flow(tmp_path, captures):
     assert (
         filters.prefilter([ff(verdict=["DROPPED"]), ff(source_ip=["10.0.0.1"])]) is None
     )  # one filter is not narrowed
+
+
+def test_every_flowfilter_field_has_one_builder():
+    built = [name for name, _ in filters.FIELDS]
+    assert len(built) == len(set(built))
+    fields = {f.name for f in F.DESCRIPTOR.fields}
+    assert set(built) | set(filters.REFUSED) == fields and not set(built) & set(filters.REFUSED)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ff(source_pod=["shop/\x00x"]),
+        ff(http_header=[{"key": "x-user", "value": "a\x00"}]),
+        ff(source_workload=[{"name": "\x00"}]),
+        ff(dns_query=["a\x00"]),
+    ],
+    ids=["pod", "header value", "workload name", "regex"],
+)
+def test_a_nul_anywhere_is_the_clients_fault(served, bad):
+    stub, _ = served
+    with pytest.raises(grpc.RpcError) as err:
+        _served(stub, [bad], [])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NUL" in err.value.details()

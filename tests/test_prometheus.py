@@ -20,19 +20,21 @@ from conftest import free_port
 from flowpipe.lab import generate as lab
 from flowpipe.serve.replay import ReplayServer, write_responses
 from flowpipe.store.layout import Store
+from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "flowpipe-alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "flowpipe-dashboard.json"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMETHEUS = shutil.which("prometheus") or "prometheus"
 CLUSTERS = ("cluster1", "cluster2")
 
-pytestmark = [
-    pytest.mark.prometheus,
-    pytest.mark.skipif(
-        not Path(PROMETHEUS).is_file(), reason="no Prometheus binary (Debian package prometheus)"
-    ),
-]
+pytestmark = pytest.mark.prometheus
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prometheus_installed():
+    """Skipped without Prometheus, except in CI (which installs it)."""
+    require("prometheus")
 
 
 def api(base: str, path: str, **params) -> dict:
@@ -298,7 +300,7 @@ def test_stage_turns_non_conforming_and_the_alert_follows(pipeline):
     }
     path = pipeline["tmp"] / "conformance.test.yml"
     path.write_text(yaml.safe_dump(test))
-    promtool = shutil.which("promtool") or str(Path(PROMETHEUS).with_name("promtool"))
+    promtool = require("promtool")
     res = subprocess.run(
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
     )

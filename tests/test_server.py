@@ -350,3 +350,36 @@ def test_an_unreadable_store_is_unavailable(served, caplog):
         assert code == grpc.StatusCode.UNAVAILABLE, (name, code, details)
         assert details.startswith("store unreadable: ")
         assert any(r.name == "flowpipe.serve" and name in r.message for r in caplog.records)
+
+
+def test_calls_beyond_the_workers_are_refused_not_left_waiting(store, port):
+    write_responses(store, [_resp(i) for i in range(3)], cluster="c1")
+    server = FlowServer(store, f"127.0.0.1:{port}", max_workers=4, poll_interval=0.05)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = observer_pb2_grpc.ObserverStub(ch)
+            followers = [Follower(stub, Req(follow=True, number=3)) for _ in range(4)]
+            for f in followers:
+                f.wait_for(3)
+            assert all(len(f.got) == 3 for f in followers)  # every worker holds an open stream
+            with pytest.raises(grpc.RpcError) as err:
+                ids(stub)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            followers.pop().close()
+            deadline = time.monotonic() + 10
+            while True:  # a freed worker serves again
+                try:
+                    assert ids(stub) == [0, 1, 2]
+                    break
+                except grpc.RpcError as exc:
+                    if (
+                        exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+                        or time.monotonic() > deadline
+                    ):
+                        raise
+                    time.sleep(0.05)
+            for f in followers:
+                f.close()
+    finally:
+        server.stop()

@@ -10,12 +10,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from flowpipe.codec.hubble import compact_line_row
 from flowpipe.common.text import json_default
 from flowpipe.rules.check import CheckReport, RuleResult
 from flowpipe.rules.status import STATUSES, Status
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 FORMATS = ("text", "json", "junit")
+_FLOW_ROW = frozenset({"time", "verdict", "src_ip", "dst_ip"})  # what a compact line is made of
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -36,37 +38,14 @@ def render(report: CheckReport, fmt: str) -> str:
 
 
 def flow_line(row: Mapping[str, Any]) -> str:
-    """One offending flow the way `hubble observe` prints it (plus policy names)."""
-    try:
-        from flowpipe.codec.hubble import compact_line_row
-    except ImportError:  # pragma: no cover - the formatter ships with flowpipe
-        compact_line_row = None
-    if compact_line_row is not None:
+    """One offending flow the way `hubble observe` prints it (plus policy names); a row of other
+    columns (a rule may select its own) as JSON. Never raises: a line never costs the report."""
+    if row.keys() >= _FLOW_ROW:
         try:
             return compact_line_row(row)
-        except Exception:  # a rule may select partial rows; never lose the report over a line
+        except Exception:  # odd values under flow column names: shown as they are
             pass
-    return _simple_line(row)
-
-
-def _simple_line(row: Mapping[str, Any]) -> str:
-    t = row.get("time")
-    when = t.strftime("%b %d %H:%M:%S.%f")[:-3] if isinstance(t, _dt.datetime) else "N/A"
-
-    def side(p: str) -> str:
-        host = (
-            "/".join(x for x in (row.get(f"{p}_namespace"), row.get(f"{p}_pod")) if x)
-            or row.get(f"{p}_ip")
-            or "?"
-        )
-        port = row.get(f"{p}_port")
-        return f"{host}:{port}" if port else str(host)
-
-    if "src_namespace" not in row and "time" not in row:
-        return json.dumps(dict(row), default=json_default, sort_keys=True)[:300]
-    what = " ".join(str(row.get(k)) for k in ("event", "verdict") if row.get(k))
-    summary = row.get("summary") or ""
-    return f"{when}: {side('src')} -> {side('dst')} {what} ({summary})"
+    return json.dumps(dict(row), default=json_default, sort_keys=True)[:300]
 
 
 # ------------------------------------------------------------------ text

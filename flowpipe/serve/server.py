@@ -341,6 +341,9 @@ class FlowServer:
             ),
             handlers=[self.service.handler()],
             options=[("grpc.so_reuseport", 0)],
+            # a call beyond the worker threads (each open --follow holds one) is refused with
+            # RESOURCE_EXHAUSTED at once, instead of waiting, maybe forever, for a free thread
+            maximum_concurrent_rpcs=self.max_workers,
         )
         try:
             if self.tls:
