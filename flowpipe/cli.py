@@ -593,6 +593,7 @@ def serve(store_path, listen, plaintext, tls_cert, tls_key, tls_client_ca) -> No
 
     tls = _server_tls(plaintext, tls_cert, tls_key, tls_client_ca)
     store = open_store(store_path)
+    setup_logging(quiet=False)  # a failed call is one ERROR line
     _on_sigterm()
     srv.serve(
         store,
