@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 
 # `make install` always reinstalls; test, lint and demo install once (and again when the
 # project's metadata or C decoder change), so a fresh clone needs nothing but `make test`.
-$(STAMP): pyproject.toml setup.py flowpipe/codec/_wire.c | $(PY)
+$(STAMP): pyproject.toml setup.py flowpipe/codec/_wire.c flowpipe/codec/_jsonpb.c | $(PY)
 	$(MAKE) install
 
 install: $(PY)

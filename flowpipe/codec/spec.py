@@ -16,12 +16,17 @@ try:  # the C decoder; the pure-Python paths give the same columns, only slower
     from flowpipe.codec import _wire
 except ImportError:  # pragma: no cover - exercised only when the extension is not built
     _wire = None
+try:  # the C jsonpb reader; json_format gives the same messages, only slower
+    from flowpipe.codec import _jsonpb
+except ImportError:  # pragma: no cover - exercised only when the extension is not built
+    _jsonpb = None
 
 # Kinds shared with _wire.c.
 K_BOOL, K_INT32, K_SINT32, K_UINT32, K_INT64, K_SINT64, K_UINT64 = 1, 2, 3, 4, 5, 6, 7
 K_FIXED32, K_SFIXED32, K_FIXED64, K_SFIXED64, K_FLOAT, K_DOUBLE = 8, 9, 10, 11, 12, 13
 K_STRING, K_BYTES, K_ENUM = 14, 15, 16
 K_MESSAGE, K_TIMESTAMP, K_WRAPPER = 20, 21, 22
+K_OPAQUE = 23  # a message with its own JSON form (Any, Duration, Struct...): _jsonpb.c leaves it to json_format
 
 _FD = _d.FieldDescriptor
 _SCALAR_KIND = {
@@ -145,3 +150,64 @@ def response_type() -> pa.StructType:
 def flow_type() -> pa.StructType:
     """Arrow type of a Flow: the stored flow columns."""
     return response_spec()[0].arrow["flow.Flow"]
+
+
+@dataclass
+class JsonSpec:
+    """What the jsonpb reader needs: the compiled spec (None without _jsonpb) and the root keys."""
+
+    compiled: object | None
+    response_keys: frozenset[str]  # GetFlowsResponse keys that hold a flow or an event
+    export_only_keys: frozenset[str]  # ExportEvent keys the flow store does not keep (agent/debug)
+
+
+def _names(fd: _d.FieldDescriptor) -> tuple[str, ...]:
+    return (fd.json_name,) if fd.json_name == fd.name else (fd.json_name, fd.name)
+
+
+@cache
+def json_spec() -> JsonSpec:
+    """The GetFlowsResponse tree for _jsonpb.c: per message type its fields (number, kind, inner
+    kind, repeated, message type, enum, oneof, JSON and proto names), the enums' value names."""
+    types: list[list[tuple]] = []
+    index: dict[str, int] = {}
+    enums: list[list[tuple[str, int]]] = []
+    enum_index: dict[str, int] = {}
+
+    def register(desc: _d.Descriptor) -> int:
+        if desc.full_name in index:
+            return index[desc.full_name]
+        idx = index[desc.full_name] = len(types)
+        types.append([])
+        rows = []
+        for fd in desc.fields:
+            kind, inner = kind_of(fd)
+            sub = enum = oneof = -1
+            if kind == K_MESSAGE and fd.message_type.full_name.startswith("google.protobuf."):
+                kind = K_OPAQUE
+            elif kind == K_MESSAGE:
+                sub = register(fd.message_type)
+            if kind == K_ENUM:
+                enum = enum_index.setdefault(fd.enum_type.full_name, len(enums))
+                if enum == len(enums):
+                    enums.append([(v.name, v.number) for v in fd.enum_type.values])
+            if fd.containing_oneof is not None:
+                oneof = desc.oneofs.index(fd.containing_oneof)
+            rows.append((fd.number, kind, inner, int(fd.is_repeated), sub, enum, oneof, _names(fd)))
+        types[idx] = rows
+        return idx
+
+    resp = observer_pb2.GetFlowsResponse.DESCRIPTOR
+    root = register(resp)
+    holders = [fd for fd in resp.fields if fd.containing_oneof is not None]
+    required = [resp.fields.index(fd) for fd in holders]
+    compiled = _jsonpb.compile(types, enums, root, required) if _jsonpb else None
+    export = observer_pb2.ExportEvent.DESCRIPTOR
+    extra = [
+        fd for fd in export.fields if fd.containing_oneof and fd.name not in resp.fields_by_name
+    ]
+    return JsonSpec(
+        compiled,
+        frozenset(n for fd in holders for n in _names(fd)),
+        frozenset(n for fd in extra for n in _names(fd)),
+    )

@@ -1,29 +1,41 @@
-"""`flowpipe import`: hubble jsonpb captures and Hubble exporter logs into the store."""
+"""`flowpipe import`: hubble jsonpb captures and Hubble exporter logs into the store.
+
+A thread per file (two files at a time) reads, gunzips, converts lines to wire bytes
+(codec.jsonpb, C) and decodes them into Arrow (codec.decode, C), mostly without the GIL; the
+calling thread drops duplicates and writes the files as the collector does: a row group per
+ROW_GROUP flows, a file per cluster and hour every FILE_ROWS flows. Memory stays a few batches
+whatever the size of the input."""
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
+import queue
 import sys
+import threading
 import zlib
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+import pyarrow as pa
 import pyarrow.compute as pc
-from google.protobuf import json_format
 
-from flowpipe.api.observer import observer_pb2
-from flowpipe.codec import decode, storage
+from flowpipe.codec import decode, jsonpb, storage
 from flowpipe.errors import InputError
-from flowpipe.ingest.dedup import Deduper
-from flowpipe.store.layout import Store, WriteResult, check_cluster
+from flowpipe.ingest import dedup
+from flowpipe.ingest.known import StoredKeys
+from flowpipe.store.layout import FLOWS, Store, WriteResult, check_cluster
+from flowpipe.store.writer import StreamWriter
 from flowpipe.views import catalog as views
 
-BATCH = 20_000
-RESPONSE_KEYS = {"flow", "node_status", "lost_events"}
-EXPORT_ONLY_KEYS = {"agent_event", "debug_event"}
+ROW_GROUP = 8192  # flows per row group: the collector's DECODE_BATCH (a test keeps them equal)
+FILE_ROWS = 30_000  # flows per file: the collector's flush_rows (idem)
+CHUNK = 4 << 20  # bytes read at a time
+MAX_LINE = 64 << 20  # a longer "line" is reported and skipped, not held in memory
+READERS = 2  # files read at once
+QUEUED = 4  # decoded batches waiting for the writer
 
 
 @dataclass
@@ -36,74 +48,224 @@ class ImportReport:
     files: int = 0
 
 
+@dataclass
+class _Part:
+    """One cluster's share of a decoded batch."""
+
+    flows: pa.Table  # stored form (codec.storage)
+    events: pa.Table
+    keys: list[int]  # dedup key of each flow
+
+
+@dataclass
+class _Batch:
+    """What a reader hands the writer: a decoded batch, the bad lines, or the end of its file."""
+
+    file: int
+    parts: dict[str, _Part] = field(default_factory=dict)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason); line 0: the file
+    lines: int = 0  # lines read since the previous batch
+    skipped: int = 0
+    end: bool = False
+    crash: BaseException | None = None
+
+
 def _open(path: str) -> IO[bytes]:
-    if path == "-":
-        return sys.stdin.buffer
-    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    if fh.read(2) == b"\x1f\x8b":
-        fh.seek(0)
+    """The file (or stdin for -), gunzipped when it starts with the gzip magic."""
+    fh = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed by the caller
+    head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
+    if head == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=fh)
-    fh.seek(0)
     return fh
 
 
-def _parse_line(line: bytes) -> tuple[observer_pb2.GetFlowsResponse | None, str | None, bool]:
-    """(response, error, skipped) for one JSON line."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"not JSON: {exc}", False
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}", False
-    keys = set(obj)
-    if keys & EXPORT_ONLY_KEYS and not keys & RESPONSE_KEYS:
-        return None, None, True
-    if not keys & RESPONSE_KEYS:
-        if "time" in obj and ("verdict" in obj or "source" in obj or "IP" in obj):
-            obj = {"flow": obj}  # a bare Flow (older `hubble observe -o json`)
-        else:
-            return None, "no flow, node_status or lost_events in this object", False
-    try:
-        msg = json_format.ParseDict(obj, observer_pb2.GetFlowsResponse())
-    except json_format.ParseError as exc:
-        return None, f"not a GetFlowsResponse: {exc}", False
-    return msg, None, False
+class _Reader(threading.Thread):
+    """Reads one file into decoded batches on the queue; stops early when told to."""
 
+    def __init__(self, file: int, path: str, cluster: str | None, out: queue.Queue, stop):
+        super().__init__(name=f"import-{file}", daemon=True)
+        self.file, self.path, self.cluster, self.out, self.stop = file, path, cluster, out, stop
 
-def _cluster_of(msg: observer_pb2.GetFlowsResponse, default: str | None) -> str:
-    if default:
-        return default
-    node = msg.flow.node_name or msg.node_name
-    if "/" in node:
-        return node.split("/", 1)[0]
-    return "default"
+    def run(self) -> None:
+        try:
+            self._read()
+        except BaseException as exc:  # a bug or MemoryError: the writer re-raises it
+            self._put(_Batch(self.file, crash=exc))
+        self._put(_Batch(self.file, end=True), always=True)
 
-
-def iter_responses(
-    path: str, errors: list[str]
-) -> Iterator[tuple[int, observer_pb2.GetFlowsResponse | None]]:
-    """(line number, response) for each line; None for skipped lines; errors appended as file:line."""
-    name = "<stdin>" if path == "-" else path
-    try:
-        fh = _open(path)
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from exc
-    try:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    def _put(self, batch: _Batch, always: bool = False) -> None:
+        while always or not self.stop.is_set():
+            try:
+                self.out.put(batch, timeout=0.2)
+                return
+            except queue.Full:
                 continue
-            msg, err, skipped = _parse_line(line)
-            if err:
-                errors.append(f"{name}:{lineno}: {err}")
-            elif skipped:
-                yield lineno, None
-            else:
-                yield lineno, msg
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        errors.append(f"{name}: read error: {exc}")
-    finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
+
+    def _read(self) -> None:
+        try:
+            fh = _open(self.path)
+        except OSError as exc:
+            raise InputError(f"{_name(self.path)}: cannot open: {exc.strerror or exc}") from exc
+        rows: list[bytes] = []
+        lines = array("q")
+        pending = _Batch(self.file)
+        seen = 0  # lines before the current chunk
+        try:
+            for chunk in _chunks(fh):
+                if self.stop.is_set():
+                    return
+                if chunk is None:  # one line too long to hold
+                    seen += 1
+                    pending.errors.append((seen, f"line longer than {MAX_LINE >> 20} MB"))
+                    pending.lines += 1
+                    continue
+                conv = jsonpb.convert(chunk, seen + 1)
+                rows += conv.rows
+                lines += conv.lines
+                pending.errors += conv.errors
+                pending.skipped += conv.skipped
+                pending.lines += conv.count
+                seen += conv.count
+                while len(rows) >= ROW_GROUP:
+                    self._decode(pending, rows[:ROW_GROUP], lines[:ROW_GROUP])
+                    del rows[:ROW_GROUP], lines[:ROW_GROUP]
+                    self._put(pending)
+                    pending = _Batch(self.file)
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            pending.errors.append((0, f"read error after line {seen}: {exc}"))
+        finally:
+            if fh is not sys.stdin.buffer:
+                fh.close()
+        if rows:
+            self._decode(pending, rows, lines)
+        self._put(pending)
+
+    def _decode(self, batch: _Batch, rows: list[bytes], lines: array) -> None:
+        dec = decode.decode_responses(rows)
+        batch.errors += [(lines[i], reason) for i, reason in dec.errors]
+        if dec.index is not None:
+            lines = array("q", (lines[i] for i in dec.index))
+        groups = {self.cluster: dec} if self.cluster else _by_cluster(dec, lines, batch)
+        for c, sub in groups.items():
+            flows, events = decode.split_responses(sub)
+            batch.parts[c] = _Part(storage.to_storage(flows), events, dedup.keys(flows))
+
+
+def _by_cluster(dec: decode.Decoded, lines: array, batch: _Batch) -> dict[str, decode.Decoded]:
+    """Rows by cluster, from node names `cluster/node` ('default' without a slash); rows whose
+    name gives no usable cluster name are bad lines."""
+    parts = pc.split_pattern(decode.node_names(dec), "/", max_splits=1)
+    clusters = pc.if_else(
+        pc.greater(pc.list_value_length(parts), 1), pc.list_element(parts, 0), "default"
+    )
+    found = pc.unique(clusters).to_pylist()
+    good = []
+    for c in found:
+        try:
+            good.append(check_cluster(c))
+        except ValueError as exc:
+            hits = pc.equal(clusters, c).to_pylist()
+            batch.errors += [(lines[i], f"node_name: {exc}") for i, hit in enumerate(hits) if hit]
+    if found == good and len(good) == 1:
+        return {good[0]: dec}
+    return {c: _subset(dec, pc.equal(clusters, c)) for c in good}
+
+
+def _subset(dec: decode.Decoded, mask: pa.BooleanArray) -> decode.Decoded:
+    return decode.Decoded(
+        dec.responses.filter(mask), dec.fingerprints.filter(mask), dec.raw.filter(mask), []
+    )
+
+
+def _chunks(fh: IO[bytes]):
+    """Whole lines, CHUNK bytes or so at a time; None for each line longer than MAX_LINE."""
+    carry = b""
+    skipping = False
+    while True:
+        data = fh.read(CHUNK)
+        if not data:
+            break
+        cut = data.rfind(b"\n")
+        if skipping:
+            if cut < 0:
+                continue
+            skipping = False
+            data = data[data.find(b"\n") + 1 :]
+            yield None
+            cut = data.rfind(b"\n")
+        if cut < 0:
+            carry += data
+            if len(carry) > MAX_LINE:
+                carry, skipping = b"", True
+            continue
+        yield carry + data[: cut + 1]
+        carry = data[cut + 1 :]
+    if skipping:
+        yield None
+    elif carry:
+        yield carry
+
+
+class _Sink:
+    """One cluster's open files, the keys of flows written but not committed, and its batches."""
+
+    def __init__(self, store: Store, cluster: str):
+        self.writer = StreamWriter(store, cluster)
+        self.known = StoredKeys(store, cluster)
+        self.uncommitted: set[int] = set()
+        self.flows: list[pa.Table] = []
+        self.events: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, part: _Part) -> int:
+        """Queue the part's new flows and its events; return how many duplicates it held."""
+        flows = part.flows
+        dups = 0
+        if flows.num_rows:
+            times = flows.column("time")
+            span = pc.min_max(times)
+            lo, hi = span["min"].value, span["max"].value
+            stored = self.known.sets(lo, hi, with_untimed=times.null_count > 0)
+            seen = self.uncommitted
+            mask = []
+            for k in part.keys:
+                if k in seen or any(k in s for s in stored):
+                    mask.append(False)
+                    dups += 1
+                else:
+                    seen.add(k)
+                    mask.append(True)
+            if dups:
+                flows = flows.filter(pa.array(mask))
+            self.flows.append(flows)
+            self.rows += flows.num_rows
+        if part.events.num_rows:
+            self.events.append(part.events)
+        return dups
+
+    def write(self, final: bool = False) -> bool:
+        """Write queued flows a row group at a time; True when the open files are due a commit."""
+        while self.rows >= ROW_GROUP or (final and (self.rows or self.events)):
+            flows = pa.concat_tables(self.flows) if self.flows else None
+            take = min(self.rows, ROW_GROUP)
+            rest = flows.slice(take) if flows is not None else None
+            events = pa.concat_tables(self.events) if self.events else None
+            self.writer.write(flows.slice(0, take) if flows is not None else None, events)
+            self.flows = [rest] if rest is not None and rest.num_rows else []
+            self.events = []
+            self.rows -= take
+        return self.writer.rows >= FILE_ROWS or (final and self.writer.rows > 0)
+
+    def commit(self, publish: bool) -> WriteResult:
+        """Close the open files (publishing them unless staged) and index them for lookups."""
+        result = self.writer.commit(publish=publish)
+        written = [(f, f) for f in result.files] if publish else result.pending
+        for path, final in written:
+            if final.relative_to(self.writer.store.root).parts[0] == FLOWS:
+                self.known.note(path)
+        self.uncommitted.clear()  # they are in files the lookups read now
+        pa.default_memory_pool().release_unused()
+        return result
 
 
 def import_files(
@@ -117,69 +279,98 @@ def import_files(
     """Import jsonpb files; duplicates (already stored or repeated) are dropped; --strict is all or nothing."""
     if cluster:
         check_cluster(cluster)
-    report = ImportReport()
+    for p in paths:  # a mistyped name stops the import before anything is written
+        if p != "-":
+            try:
+                open(p, "rb").close()
+            except OSError as exc:
+                raise InputError(f"{p}: cannot open: {exc.strerror or exc}") from exc
+    report = ImportReport(files=len(paths))
+    errors: list[tuple[int, int, str]] = []  # (file, line, reason)
+    sinks: dict[str, _Sink] = {}
     staged: list[WriteResult] = []
-    dedupers: dict[str, Deduper] = {}
-    pending: dict[str, list[bytes]] = {}
+    out: queue.Queue = queue.Queue(maxsize=QUEUED)
+    stop = threading.Event()
+    readers: list[_Reader] = []
+    todo = list(enumerate(paths))
 
-    def flush(c: str) -> None:
-        rows = pending.pop(c, [])
-        if not rows:
-            return
-        dec = decode.decode_responses(rows)
-        for idx, reason in dec.errors:  # cannot happen for re-serialised input, but never silent
-            report.errors.append(f"{c}: flow {idx}: {reason}")
-        flows, events = decode.split_responses(dec)
-        d = dedupers.setdefault(c, Deduper())
-        span = pc.min_max(flows.column("time"))
-        if span["min"].is_valid:
-            # only keys stored in this batch's time span can be duplicates of it
-            d.remember(store.keys_between(c, span["min"].value, span["max"].value))
-        flows, dups, _ = d.filter(flows)
-        report.duplicates += dups
-        report.flows += flows.num_rows
-        report.events += events.num_rows
-        result = store.stage(c, storage.to_storage(flows), events)
+    def start_next() -> int:
+        if not todo or stop.is_set():
+            return 0
+        i, p = todo.pop(0)
+        readers.append(_Reader(i, p, cluster, out, stop))
+        readers[-1].start()
+        return 1
+
+    def commit(sink: _Sink) -> None:
+        result = sink.commit(publish=not strict)
         if strict:
             staged.append(result)
-        else:
-            store.publish(result)
+        report.flows += result.flows
+        report.events += result.events
 
     try:
-        for path in paths:
-            report.files += 1
-            for _, msg in iter_responses(path, report.errors):
-                if on_progress:
-                    on_progress(1)
-                if msg is None:
-                    report.skipped += 1
-                    continue
-                c = _cluster_of(msg, cluster)
-                check_cluster(c)
-                pending.setdefault(c, []).append(msg.SerializeToString())
-                if len(pending[c]) >= BATCH:
-                    flush(c)
-            if strict and report.errors:
-                break
-        if not (strict and report.errors):
-            for c in list(pending):
-                flush(c)
-        if strict and report.errors:
-            for s in staged:
-                store.discard(s)
-            report.flows = report.events = report.duplicates = 0
-            raise InputError(
-                f"{report.errors[0]} (--strict: nothing imported, {len(report.errors)} error(s))"
-            )
-        for s in staged:
-            store.publish(s)
-        if report.flows or report.events:
-            views.write_database(store)
+        running = sum(start_next() for _ in range(READERS))
+        while running:
+            batch = out.get()
+            if batch.crash is not None:
+                raise batch.crash
+            if batch.end:
+                running += start_next() - 1
+                continue
+            errors += [(batch.file, line, reason) for line, reason in batch.errors]
+            report.skipped += batch.skipped
+            if on_progress and batch.lines:
+                on_progress(batch.lines)
+            if strict and errors:
+                stop.set()
+                continue
+            for c, part in batch.parts.items():
+                sink = sinks.get(c) or sinks.setdefault(c, _Sink(store, c))
+                report.duplicates += sink.add(part)
+                if sink.write():
+                    commit(sink)
+        if not (strict and errors):
+            for sink in sinks.values():
+                if sink.write(final=True):
+                    commit(sink)
+        if strict and errors:
+            first = _where(paths, *min(errors))
+            raise InputError(f"{first} (--strict: nothing imported, {len(errors)} error(s))")
+        for result in staged:
+            store.publish(result)
+        staged.clear()
     except BaseException:
-        for s in staged:
-            store.discard(s)
+        for sink in sinks.values():
+            sink.writer.abort()
+        for result in staged:
+            store.discard(result)
         raise
+    finally:
+        stop.set()
+        _drain(out, readers)
+    report.errors = [_where(paths, *e) for e in sorted(errors)]
+    if report.flows or report.events:
+        views.write_database(store)
     return report
+
+
+def _drain(out: queue.Queue, readers: list[_Reader]) -> None:
+    """Let stopped readers finish: they may be waiting to hand over a batch."""
+    while any(r.is_alive() for r in readers):
+        try:
+            out.get(timeout=0.05)
+        except queue.Empty:
+            pass
+
+
+def _name(path: str) -> str:
+    return "<stdin>" if path == "-" else path
+
+
+def _where(paths: list[str], file: int, line: int, reason: str) -> str:
+    name = _name(paths[file])
+    return f"{name}:{line}: {reason}" if line else f"{name}: {reason}"
 
 
 def total_size(paths: list[str]) -> int | None:

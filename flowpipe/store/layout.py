@@ -351,18 +351,33 @@ class Store:
                 newest = _max_time(path)
                 if newest is not None and newest < lo_ns:
                     continue  # the footer says every flow in it is older: skip reading it
-                try:
-                    t = pq.read_table(path, columns=["time", "uuid", "_uuid", "_fp"])
-                except (OSError, pa.ArrowException) as exc:
-                    raise StoreError(f"store {self.root}: cannot read {path}: {exc}") from exc
-                ttype = t.schema.field("time").type
-                cond = pc.greater_equal(t.column("time"), pa.scalar(lo_ns, ttype))
-                if hi_ns is not None:
-                    cond = pc.and_(cond, pc.less_equal(t.column("time"), pa.scalar(hi_ns, ttype)))
-                t = t.filter(cond)
-                if t.num_rows:
-                    found.update(dedup.keys(storage.from_storage(t)))
+                found.update(self.keys_in(path, lo_ns, hi_ns))
         return found
+
+    def keys_in(
+        self,
+        path: Path,
+        lo_ns: int | None = None,
+        hi_ns: int | None = None,
+        row_groups: list[int] | None = None,
+    ) -> list[int]:
+        """Dedup keys of the flows of one flows file (or of some of its row groups) in [lo_ns, hi_ns]."""
+        columns = ["time", "uuid", "_uuid", "_fp"]
+        try:
+            pf = pq.ParquetFile(path)
+            columns = [c for c in columns if c in pf.schema_arrow.names]
+            t = pf.read(columns) if row_groups is None else pf.read_row_groups(row_groups, columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"store {self.root}: cannot read {path}: {exc}") from exc
+        ttype = t.schema.field("time").type
+        conds = []
+        if lo_ns is not None:
+            conds.append(pc.greater_equal(t.column("time"), pa.scalar(lo_ns, ttype)))
+        if hi_ns is not None:
+            conds.append(pc.less_equal(t.column("time"), pa.scalar(hi_ns, ttype)))
+        for cond in conds:
+            t = t.filter(cond)
+        return dedup.keys(storage.from_storage(t)) if t.num_rows else []
 
 
 _TOKENS: dict[tuple[int, str], str] = {}  # (pid, store root) -> writer token
@@ -396,23 +411,28 @@ def _dir_hour_ns(part: Path) -> int:
 
 
 def _max_time(path: Path) -> int | None:
+    return max((newest for _, _, newest in time_spans(path) if newest is not None), default=None)
+
+
+def time_spans(path: Path) -> list[tuple[int, int | None, int | None]]:
+    """(row group, oldest, newest flow time in ns) of each row group of a file, from its footer
+    (None, None for a row group without statistics); empty when unreadable."""
     try:
         meta = pq.read_metadata(path)
     except (OSError, pa.ArrowException):
-        return None
+        return []
     names = meta.schema.names
     if "time" not in names:
-        return None
+        return []
     col = names.index("time")
-    newest = None
+    out = []
     for rg in range(meta.num_row_groups):
         stats = meta.row_group(rg).column(col).statistics
         if stats is None or not stats.has_min_max:
-            continue
-        ns = stats.max_raw  # physical int64 nanoseconds (the logical value would be a datetime)
-        if newest is None or ns > newest:
-            newest = ns
-    return newest
+            out.append((rg, None, None))
+        else:  # physical int64 nanoseconds (the logical value would be a datetime)
+            out.append((rg, stats.min_raw, stats.max_raw))
+    return out
 
 
 def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:

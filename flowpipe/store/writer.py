@@ -79,8 +79,11 @@ class StreamWriter:
                 self.opened_at = time.monotonic()
         return self._open[key][0]
 
-    def commit(self) -> WriteResult:
-        """Close, fsync and rename every open file into its partition; reset for the next files."""
+    def commit(self, publish: bool = True) -> WriteResult:
+        """Close, fsync and rename every open file into its partition; reset for the next files.
+
+        publish=False leaves the closed files staged (result.pending) for store.publish or
+        store.discard later: an all-or-nothing import of many files."""
         result = WriteResult(flows=self.flows, events=self.events)
         try:
             for writer, tmp, final in self._open.values():
@@ -96,7 +99,8 @@ class StreamWriter:
             )
             raise StoreError(f"store {self.store.root}: {reason}") from exc
         self._open.clear()
-        self.store.publish(result)
+        if publish:
+            self.store.publish(result)
         self.flows = self.events = 0
         self.newest_ns = None
         self.opened_at = None
