@@ -141,6 +141,9 @@ typedef struct {
     JType *types;
     Table *enums;
     uint64_t required; /* root field indexes (< 64) of which a line needs at least one */
+    /* the node name a row is routed by (its cluster is the part before '/'): the flow's
+     * (flow_type's field node_flow at depth 1), else the response's (root field node_root) */
+    int node_root, node_flow, flow_type;
 } JSpec;
 
 static void spec_free(JSpec *s) {
@@ -170,14 +173,15 @@ static int add_name(Table *t, PyObject *name, int32_t val) {
     return 0;
 }
 
-/* compile(types, enums, root, required) -> capsule
+/* compile(types, enums, root, required, (node_root, flow_root, node_flow)) -> capsule
  *   types: [[(number, kind, inner, repeated, sub, enum_ix, oneof, (names...)), ...], ...]
- *   enums: [[(name, number), ...], ...]; required: [root field index, ...] */
+ *   enums: [[(name, number), ...], ...]; required: [root field index, ...]; the last three
+ *   are field indexes: root's node name, root's flow, and the flow's node name. */
 static PyObject *j_compile(PyObject *self, PyObject *args) {
     PyObject *types, *enums, *required;
-    int root;
-    if (!PyArg_ParseTuple(args, "O!O!iO!", &PyList_Type, &types, &PyList_Type, &enums, &root,
-                          &PyList_Type, &required))
+    int root, node_root, flow_root, node_flow;
+    if (!PyArg_ParseTuple(args, "O!O!iO!(iii)", &PyList_Type, &types, &PyList_Type, &enums, &root,
+                          &PyList_Type, &required, &node_root, &flow_root, &node_flow))
         return NULL;
     JSpec *s = (JSpec *)calloc(1, sizeof(JSpec));
     if (!s) return PyErr_NoMemory();
@@ -236,6 +240,18 @@ static PyObject *j_compile(PyObject *self, PyObject *args) {
         if (ix == -1 && PyErr_Occurred()) goto fail;
         if (ix < 0 || ix >= 64 || ix >= s->types[root].nfields) goto bad;
         s->required |= 1ULL << ix;
+    }
+    {
+        const JType *rt = &s->types[root];
+        if (node_root < 0 || node_root >= rt->nfields || rt->fields[node_root].kind != K_STRING ||
+            flow_root < 0 || flow_root >= rt->nfields || rt->fields[flow_root].kind != K_MESSAGE)
+            goto bad;
+        s->flow_type = rt->fields[flow_root].sub;
+        const JType *ft = &s->types[s->flow_type];
+        if (node_flow < 0 || node_flow >= ft->nfields || ft->fields[node_flow].kind != K_STRING)
+            goto bad;
+        s->node_root = node_root;
+        s->node_flow = node_flow;
     }
     return PyCapsule_New(s, "flowpipe._jsonpb.Spec", spec_capsule_free);
 bad:
@@ -320,7 +336,8 @@ typedef struct {
     const JSpec *s;
     Buf *out;
     Buf str;  /* unescaped string */
-    Buf pack; /* packed repeated scalars */
+    int capture;   /* the string being read is node name 0 (the flow's) or 1 (the response's) */
+    Buf node[2];   /* this line's node names */
 } Px;
 
 static inline void ws(Px *x) {
@@ -605,7 +622,7 @@ static int parse_ts(const uint8_t *s, size_t n, int64_t *sec, int32_t *nanos) {
 
 static int parse_message(Px *x, int type, int depth, uint64_t *root_seen);
 
-/* one value of field f (an element, when f is repeated and not packable) */
+/* one value of field f (an element of it, when f is repeated) */
 static int parse_value(Px *x, const JField *f, int depth, int in_list) {
     Buf *o = x->out;
     const uint8_t *s;
@@ -645,6 +662,10 @@ static int parse_value(Px *x, const JField *f, int depth, int in_list) {
     case K_STRING:
         if (*x->p != '"') return BAIL;
         if ((rc = read_string(x, &s, &n, &esc))) return rc;
+        if (x->capture >= 0) {
+            x->node[x->capture].len = 0;
+            if (buf_put(&x->node[x->capture], s, n)) return NOMEM;
+        }
         if (n || in_list) {
             if (put_tag(o, f->number, 2) || put_varint(o, n) || buf_put(o, s, n)) return NOMEM;
         }
@@ -660,14 +681,14 @@ static int parse_value(Px *x, const JField *f, int depth, int in_list) {
     }
 }
 
-static int packable(int kind) {
-    return kind == K_BOOL || kind == K_ENUM || (kind >= K_INT32 && kind <= K_SFIXED64);
-}
-
 static int parse_field(Px *x, const JField *f, int depth) {
     int rc;
     if (x->p >= x->end || *x->p == 'n') return BAIL; /* null: json_format clears the field */
     if (!f->repeated) return parse_value(x, f, depth, 0);
+    /* repeated numbers would be packed; the Flow tree has none, so json_format does them */
+    if (f->kind != K_STRING && f->kind != K_MESSAGE && f->kind != K_TIMESTAMP &&
+        f->kind != K_WRAPPER)
+        return BAIL;
     if (*x->p != '[') return BAIL;
     x->p++;
     ws(x);
@@ -675,17 +696,9 @@ static int parse_field(Px *x, const JField *f, int depth) {
         x->p++;
         return OK;
     }
-    int pack = packable(f->kind);
-    x->pack.len = 0;
     for (;;) {
         if (x->p >= x->end || *x->p == 'n') return BAIL;
-        if (pack) {
-            uint64_t raw;
-            if ((rc = read_scalar(x, f->kind, f->enum_ix, &raw))) return rc;
-            if (put_raw(&x->pack, f->kind, raw)) return NOMEM;
-        } else if ((rc = parse_value(x, f, depth, 1))) {
-            return rc;
-        }
+        if ((rc = parse_value(x, f, depth, 1))) return rc;
         ws(x);
         if (x->p >= x->end) return BAIL;
         if (*x->p == ',') {
@@ -695,16 +708,10 @@ static int parse_field(Px *x, const JField *f, int depth) {
         }
         if (*x->p == ']') {
             x->p++;
-            break;
+            return OK;
         }
         return BAIL;
     }
-    if (pack) {
-        if (put_tag(x->out, f->number, 2) || put_varint(x->out, x->pack.len) ||
-            buf_put(x->out, x->pack.p, x->pack.len))
-            return NOMEM;
-    }
-    return OK;
 }
 
 static int parse_message(Px *x, int type, int depth, uint64_t *root_seen) {
@@ -738,7 +745,13 @@ static int parse_message(Px *x, int type, int depth, uint64_t *root_seen) {
         if (x->p >= x->end || *x->p != ':') return BAIL;
         x->p++;
         ws(x);
-        if ((rc = parse_field(x, f, depth))) return rc;
+        const JSpec *sp = x->s;
+        x->capture = -1;
+        if (depth == 0 && fi == sp->node_root) x->capture = 1;
+        else if (depth == 1 && type == sp->flow_type && fi == sp->node_flow) x->capture = 0;
+        rc = parse_field(x, f, depth);
+        x->capture = -1;
+        if (rc) return rc;
         ws(x);
         if (x->p >= x->end) return BAIL;
         if (*x->p == ',') {
@@ -761,6 +774,8 @@ static int parse_line(Px *x, const uint8_t *p, const uint8_t *end) {
     int rc;
     x->p = p;
     x->end = end;
+    x->capture = -1;
+    x->node[0].len = x->node[1].len = 0;
     ws(x);
     if ((rc = parse_message(x, x->s->root, 0, &seen))) return rc;
     ws(x);
@@ -779,11 +794,37 @@ typedef struct {
     Py_ssize_t row, line, start, end;
 } Bail;
 
-/* convert(spec, data, first) -> (rows, row_lines, bails, lines)
+#define MAX_CLUSTERS 64 /* distinct clusters in one call; a line with yet another one bails */
+
+typedef struct {
+    Buf names;                          /* the names, back to back */
+    size_t off[MAX_CLUSTERS + 1];
+    int n;
+} Clusters;
+
+/* The index of this line's cluster: the node name's part before '/' ("default" without one). */
+static int cluster_of(Px *x, Clusters *c) {
+    const Buf *node = x->node[0].len ? &x->node[0] : &x->node[1];
+    const uint8_t *name = (const uint8_t *)"default";
+    size_t n = 7;
+    const uint8_t *slash = node->len ? (const uint8_t *)memchr(node->p, '/', node->len) : NULL;
+    if (slash) {
+        name = node->p;
+        n = (size_t)(slash - node->p);
+    }
+    for (int i = 0; i < c->n; i++)
+        if (c->off[i + 1] - c->off[i] == n && memcmp(c->names.p + c->off[i], name, n) == 0) return i;
+    if (c->n == MAX_CLUSTERS) return -1;
+    if (buf_put(&c->names, name, n)) return -2;
+    c->off[++c->n] = c->names.len;
+    return c->n - 1;
+}
+
+/* convert(spec, data, first) -> (rows, row_lines, row_clusters, bails, lines)
  *   rows: wire bytes of each line converted here, in order; row_lines: the line number of each
- *   row (native int64 bytes; data's first line is number `first`); bails: (rows before it,
- *   line number, start, end) of each line left to json_format; lines: how many lines data held
- *   (blank ones are neither rows nor bails). */
+ *   row (native int64 bytes; data's first line is number `first`); row_clusters: the cluster of
+ *   each row (str, see cluster_of); bails: (rows before it, line number, start, end) of each line
+ *   left to json_format; lines: how many lines data held (blank ones are neither rows nor bails). */
 static PyObject *j_convert(PyObject *self, PyObject *args) {
     PyObject *cap;
     Py_buffer in;
@@ -794,7 +835,9 @@ static PyObject *j_convert(PyObject *self, PyObject *args) {
         PyBuffer_Release(&in);
         return NULL;
     }
-    Buf out = {0}, ends = {0}, lines = {0}, bails = {0};
+    Buf out = {0}, ends = {0}, lines = {0}, bails = {0}, which = {0};
+    Clusters cl;
+    memset(&cl, 0, sizeof(cl));
     Px x;
     memset(&x, 0, sizeof(x));
     x.s = s;
@@ -810,9 +853,14 @@ static PyObject *j_convert(PyObject *self, PyObject *args) {
         if (!blank(p, le)) {
             size_t start = out.len;
             int rc = parse_line(&x, p, le);
+            int ci = rc == OK ? cluster_of(&x, &cl) : 0;
+            if (ci == -1) rc = BAIL;
+            if (ci == -2) rc = NOMEM;
             if (rc == OK) {
                 int64_t at = (int64_t)out.len, ln = (int64_t)line;
-                if (buf_put(&ends, &at, 8) || buf_put(&lines, &ln, 8)) err = 1;
+                uint8_t c8 = (uint8_t)ci;
+                if (buf_put(&ends, &at, 8) || buf_put(&lines, &ln, 8) || buf_put(&which, &c8, 1))
+                    err = 1;
                 nrows++;
             } else if (rc == BAIL) {
                 out.len = start;
@@ -827,15 +875,22 @@ static PyObject *j_convert(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&in);
-    PyObject *rows = NULL, *bl = NULL, *lb = NULL, *result = NULL;
+    PyObject *rows = NULL, *bl = NULL, *lb = NULL, *cs = NULL, *result = NULL;
+    PyObject *names[MAX_CLUSTERS] = {0};
     if (err) {
         PyErr_NoMemory();
         goto done;
     }
+    for (int i = 0; i < cl.n; i++) {
+        names[i] = PyUnicode_DecodeUTF8((const char *)cl.names.p + cl.off[i],
+                                        (Py_ssize_t)(cl.off[i + 1] - cl.off[i]), "strict");
+        if (!names[i]) goto done;
+    }
     rows = PyList_New(nrows);
+    cs = PyList_New(nrows);
     bl = PyList_New((Py_ssize_t)(bails.len / sizeof(Bail)));
     lb = PyBytes_FromStringAndSize((const char *)lines.p, (Py_ssize_t)lines.len);
-    if (!rows || !bl || !lb) goto done;
+    if (!rows || !cs || !bl || !lb) goto done;
     int64_t prev = 0;
     for (Py_ssize_t i = 0; i < nrows; i++) {
         int64_t at;
@@ -843,6 +898,9 @@ static PyObject *j_convert(PyObject *self, PyObject *args) {
         PyObject *b = PyBytes_FromStringAndSize((const char *)out.p + prev, (Py_ssize_t)(at - prev));
         if (!b) goto done;
         PyList_SET_ITEM(rows, i, b);
+        PyObject *name = names[which.p[i]];
+        Py_INCREF(name);
+        PyList_SET_ITEM(cs, i, name);
         prev = at;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(bl); i++) {
@@ -852,17 +910,22 @@ static PyObject *j_convert(PyObject *self, PyObject *args) {
         if (!t) goto done;
         PyList_SET_ITEM(bl, i, t);
     }
-    result = Py_BuildValue("(OOOn)", rows, lb, bl, nlines);
+    result = Py_BuildValue("(OOOOn)", rows, lb, cs, bl, nlines);
 done:
+    for (int i = 0; i < cl.n; i++) Py_XDECREF(names[i]);
     Py_XDECREF(rows);
+    Py_XDECREF(cs);
     Py_XDECREF(bl);
     Py_XDECREF(lb);
     free(out.p);
     free(ends.p);
     free(lines.p);
     free(bails.p);
+    free(which.p);
+    free(cl.names.p);
     free(x.str.p);
-    free(x.pack.p);
+    free(x.node[0].p);
+    free(x.node[1].p);
     return result;
 }
 

@@ -55,7 +55,6 @@ class Decoded:
     fingerprints: pa.UInt64Array  # content hash of each row's flow (0 when no flow)
     raw: pa.BinaryArray  # original bytes where the columns alone are not exact, else null
     errors: list[tuple[int, str]]  # (input index, reason) for undecodable input
-    index: list[int] | None = None  # input index of each row, None when row i is input i
 
 
 def decode_responses(rows: Sequence[bytes]) -> Decoded:
@@ -69,9 +68,7 @@ def decode_responses(rows: Sequence[bytes]) -> Decoded:
     fp = pa.Array.from_buffers(pa.uint64(), len(arr), [None, pa.py_buffer(fps)])
     raw = pa.nulls(len(arr), pa.binary())
     errors: list[tuple[int, str]] = []
-    index = None
     if fallback:
-        keep: list[tuple[int, bytes]] = []
         extra = _canonicalize([rows[i] for i in fallback])
         good = [(i, c) for i, (c, err) in zip(fallback, extra) if err is None]
         errors = [(i, err) for i, (c, err) in zip(fallback, extra) if err is not None]
@@ -85,10 +82,7 @@ def decode_responses(rows: Sequence[bytes]) -> Decoded:
             arr = pa.concat_arrays([arr, arr2])
             fp = pa.concat_arrays([fp, fp2])
             raw = pa.concat_arrays([raw, raw2])
-        # the rows decoded at once come first, the canonicalised ones after them
-        again = set(fallback)
-        index = [i for i in range(len(rows)) if i not in again] + [i for i, _ in keep]
-    return Decoded(arr, fp, raw, sorted(errors), index)
+    return Decoded(arr, fp, raw, sorted(errors))
 
 
 def _canonicalize(rows: Iterable[bytes]) -> list[tuple[bytes, str | None]]:
@@ -125,11 +119,7 @@ def _decode_python(rows: Sequence[bytes]) -> Decoded:
     fps = pa.array(
         [python_fingerprint(m.flow) if m.HasField("flow") else 0 for m in msgs], pa.uint64()
     )
-    index = None
-    if errors:
-        bad = {i for i, _ in errors}
-        index = [i for i in range(len(rows)) if i not in bad]
-    return Decoded(arr, fps, pa.array(raws, pa.binary()), errors, index)
+    return Decoded(arr, fps, pa.array(raws, pa.binary()), errors)
 
 
 def _has_unknown(msg) -> bool:
@@ -243,14 +233,6 @@ def python_fingerprint(flow) -> int:
     mix((1 << 8) | 1)  # GetFlowsResponse.flow (field 1) is present
     walk(flow)
     return h[0]
-
-
-def node_names(dec: Decoded) -> pa.Array:
-    """Each row's node name (`cluster/node` from a Relay): the flow's, else the response's."""
-    arr = dec.responses
-    flow_node = arr.field("flow").field("node_name")
-    has = pc.and_kleene(flow_node.is_valid(), pc.not_equal(flow_node, ""))
-    return pc.if_else(has, flow_node, arr.field("node_name"))
 
 
 def split_responses(dec: Decoded) -> tuple[pa.Table, pa.Table]:

@@ -23,6 +23,7 @@ class Converted:
 
     rows: list[bytes] = field(default_factory=list)
     lines: array = field(default_factory=lambda: array("q"))  # line number of each row
+    clusters: list[str] = field(default_factory=list)  # cluster of each row (cluster_of)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     skipped: int = 0  # agent/debug events: valid, not kept in the flow store
     count: int = 0  # lines in the chunk, blank ones included
@@ -36,6 +37,14 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
             raise ValueError(f"duplicate key {key!r}")
         out[key] = value
     return out
+
+
+def cluster_of(msg: observer_pb2.GetFlowsResponse) -> str:
+    """The cluster a response belongs to: the part of its node name (the flow's, else the
+    response's; Relay sends `cluster/node`) before '/', 'default' without one. _jsonpb.c does
+    the same for the lines it converts."""
+    node = msg.flow.node_name or msg.node_name
+    return node.split("/", 1)[0] if "/" in node else "default"
 
 
 def parse_line(line: bytes) -> tuple[bytes | None, str | None, bool]:
@@ -70,41 +79,39 @@ def convert(chunk: bytes, first: int = 1, *, fast: bool = True) -> Converted:
     compiled = json_spec().compiled if fast else None
     if compiled is None:
         return _convert_python(chunk, first)
-    rows, row_lines, bails, count = _jsonpb.convert(compiled, chunk, first)
-    out = Converted(rows, array("q", row_lines), count=count)
+    rows, row_lines, clusters, bails, count = _jsonpb.convert(compiled, chunk, first)
+    fast = Converted(rows, array("q", row_lines), clusters, count=count)
     if not bails:
-        return out
-    merged: list[bytes] = []
-    lines = array("q")
+        return fast
+    out = Converted(count=count)
     done = 0
     for before, line, start, end in bails:
-        merged += rows[done:before]
-        lines += out.lines[done:before]
+        out.rows += rows[done:before]
+        out.lines += fast.lines[done:before]
+        out.clusters += clusters[done:before]
         done = before
-        wire, err, skipped = parse_line(chunk[start:end])
-        if wire is not None:
-            merged.append(wire)
-            lines.append(line)
-        elif err is not None:
-            out.errors.append((line, err))
-        out.skipped += skipped
-    merged += rows[done:]
-    lines += out.lines[done:]
-    out.rows, out.lines = merged, lines
+        _add(out, line, chunk[start:end])
+    out.rows += rows[done:]
+    out.lines += fast.lines[done:]
+    out.clusters += clusters[done:]
     return out
+
+
+def _add(out: Converted, lineno: int, line: bytes) -> None:
+    wire, err, skipped = parse_line(line)
+    if wire is not None:
+        out.rows.append(wire)
+        out.lines.append(lineno)
+        out.clusters.append(cluster_of(observer_pb2.GetFlowsResponse.FromString(wire)))
+    elif err is not None:
+        out.errors.append((lineno, err))
+    out.skipped += skipped
 
 
 def _convert_python(chunk: bytes, first: int) -> Converted:
     out = Converted()
     for i, line in enumerate(chunk.split(b"\n"), first):
-        if not line.strip():
-            continue
-        wire, err, skipped = parse_line(line)
-        if wire is not None:
-            out.rows.append(wire)
-            out.lines.append(i)
-        elif err is not None:
-            out.errors.append((i, err))
-        out.skipped += skipped
+        if line.strip():
+            _add(out, i, line)
     out.count = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") or not chunk else 1)
     return out

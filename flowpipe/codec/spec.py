@@ -201,7 +201,13 @@ def json_spec() -> JsonSpec:
     root = register(resp)
     holders = [fd for fd in resp.fields if fd.containing_oneof is not None]
     required = [resp.fields.index(fd) for fd in holders]
-    compiled = _jsonpb.compile(types, enums, root, required) if _jsonpb else None
+    flow = resp.fields_by_name["flow"]
+    node = (  # what rows are routed to clusters by: `cluster/node` names
+        resp.fields.index(resp.fields_by_name["node_name"]),
+        resp.fields.index(flow),
+        flow.message_type.fields.index(flow.message_type.fields_by_name["node_name"]),
+    )
+    compiled = _jsonpb.compile(types, enums, root, required, node) if _jsonpb else None
     export = observer_pb2.ExportEvent.DESCRIPTOR
     extra = [
         fd for fd in export.fields if fd.containing_oneof and fd.name not in resp.fields_by_name

@@ -50,8 +50,9 @@ class ImportReport:
 
 @dataclass
 class _Part:
-    """One cluster's share of a decoded batch."""
+    """Flows and events of one cluster, decoded."""
 
+    cluster: str
     flows: pa.Table  # stored form (codec.storage)
     events: pa.Table
     keys: list[int]  # dedup key of each flow
@@ -59,10 +60,10 @@ class _Part:
 
 @dataclass
 class _Batch:
-    """What a reader hands the writer: a decoded batch, the bad lines, or the end of its file."""
+    """What a reader hands the writer: decoded rows, bad lines, or the end of its file."""
 
     file: int
-    parts: dict[str, _Part] = field(default_factory=dict)
+    parts: list[_Part] = field(default_factory=list)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason); line 0: the file
     lines: int = 0  # lines read since the previous batch
     skipped: int = 0
@@ -80,11 +81,14 @@ def _open(path: str) -> IO[bytes]:
 
 
 class _Reader(threading.Thread):
-    """Reads one file into decoded batches on the queue; stops early when told to."""
+    """Reads one file into decoded batches on the queue, ROW_GROUP rows of a cluster at a time
+    (so the writer gets row groups as the collector writes them); stops early when told to."""
 
     def __init__(self, file: int, path: str, cluster: str | None, out: queue.Queue, stop):
         super().__init__(name=f"import-{file}", daemon=True)
         self.file, self.path, self.cluster, self.out, self.stop = file, path, cluster, out, stop
+        self.rows: dict[str, tuple[list[bytes], array]] = {}  # cluster -> rows to decode, lines
+        self.valid: dict[str, str | None] = {}  # cluster -> why it is not a usable name
 
     def run(self) -> None:
         try:
@@ -106,9 +110,7 @@ class _Reader(threading.Thread):
             fh = _open(self.path)
         except OSError as exc:
             raise InputError(f"{_name(self.path)}: cannot open: {exc.strerror or exc}") from exc
-        rows: list[bytes] = []
-        lines = array("q")
-        pending = _Batch(self.file)
+        batch = _Batch(self.file)
         seen = 0  # lines before the current chunk
         try:
             for chunk in _chunks(fh):
@@ -116,65 +118,62 @@ class _Reader(threading.Thread):
                     return
                 if chunk is None:  # one line too long to hold
                     seen += 1
-                    pending.errors.append((seen, f"line longer than {MAX_LINE >> 20} MB"))
-                    pending.lines += 1
+                    batch.errors.append((seen, f"line longer than {MAX_LINE >> 20} MB"))
+                    batch.lines += 1
                     continue
                 conv = jsonpb.convert(chunk, seen + 1)
-                rows += conv.rows
-                lines += conv.lines
-                pending.errors += conv.errors
-                pending.skipped += conv.skipped
-                pending.lines += conv.count
                 seen += conv.count
-                while len(rows) >= ROW_GROUP:
-                    self._decode(pending, rows[:ROW_GROUP], lines[:ROW_GROUP])
-                    del rows[:ROW_GROUP], lines[:ROW_GROUP]
-                    self._put(pending)
-                    pending = _Batch(self.file)
+                batch.lines += conv.count
+                batch.errors += conv.errors
+                batch.skipped += conv.skipped
+                self._route(conv, batch)
+                self._decode(batch)
+                if batch.parts or batch.errors:
+                    self._put(batch)
+                    batch = _Batch(self.file)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-            pending.errors.append((0, f"read error after line {seen}: {exc}"))
+            batch.errors.append((0, f"read error after line {seen}: {exc}"))
         finally:
             if fh is not sys.stdin.buffer:
                 fh.close()
-        if rows:
-            self._decode(pending, rows, lines)
-        self._put(pending)
+        self._decode(batch, final=True)
+        self._put(batch)
 
-    def _decode(self, batch: _Batch, rows: list[bytes], lines: array) -> None:
-        dec = decode.decode_responses(rows)
-        batch.errors += [(lines[i], reason) for i, reason in dec.errors]
-        if dec.index is not None:
-            lines = array("q", (lines[i] for i in dec.index))
-        groups = {self.cluster: dec} if self.cluster else _by_cluster(dec, lines, batch)
-        for c, sub in groups.items():
-            flows, events = decode.split_responses(sub)
-            batch.parts[c] = _Part(storage.to_storage(flows), events, dedup.keys(flows))
+    def _route(self, conv: jsonpb.Converted, batch: _Batch) -> None:
+        """Queue the converted rows by cluster; rows of unusable cluster names are bad lines."""
+        names = {self.cluster} if self.cluster else set(conv.clusters)
+        for c in names - self.valid.keys():
+            try:
+                check_cluster(c)
+                self.valid[c] = None
+            except ValueError as exc:
+                self.valid[c] = f"node_name: {exc}"
+        only = next(iter(names)) if len(names) == 1 else None
+        if only is not None and self.valid[only] is None:  # the usual case: one cluster
+            rows, lines = self.rows.setdefault(only, ([], array("q")))
+            rows += conv.rows
+            lines += conv.lines
+            return
+        for row, line, c in zip(conv.rows, conv.lines, conv.clusters):
+            if self.valid[c] is not None:
+                batch.errors.append((line, self.valid[c]))
+                continue
+            rows, lines = self.rows.setdefault(c, ([], array("q")))
+            rows.append(row)
+            lines.append(line)
 
-
-def _by_cluster(dec: decode.Decoded, lines: array, batch: _Batch) -> dict[str, decode.Decoded]:
-    """Rows by cluster, from node names `cluster/node` ('default' without a slash); rows whose
-    name gives no usable cluster name are bad lines."""
-    parts = pc.split_pattern(decode.node_names(dec), "/", max_splits=1)
-    clusters = pc.if_else(
-        pc.greater(pc.list_value_length(parts), 1), pc.list_element(parts, 0), "default"
-    )
-    found = pc.unique(clusters).to_pylist()
-    good = []
-    for c in found:
-        try:
-            good.append(check_cluster(c))
-        except ValueError as exc:
-            hits = pc.equal(clusters, c).to_pylist()
-            batch.errors += [(lines[i], f"node_name: {exc}") for i, hit in enumerate(hits) if hit]
-    if found == good and len(good) == 1:
-        return {good[0]: dec}
-    return {c: _subset(dec, pc.equal(clusters, c)) for c in good}
-
-
-def _subset(dec: decode.Decoded, mask: pa.BooleanArray) -> decode.Decoded:
-    return decode.Decoded(
-        dec.responses.filter(mask), dec.fingerprints.filter(mask), dec.raw.filter(mask), []
-    )
+    def _decode(self, batch: _Batch, final: bool = False) -> None:
+        """Decode ROW_GROUP rows of each cluster that has them (all that is left when final, or
+        when many clusters hold many rows between them: memory stays bounded)."""
+        crowded = sum(len(r) for r, _ in self.rows.values()) > 4 * ROW_GROUP
+        for c, (rows, lines) in self.rows.items():
+            while len(rows) >= ROW_GROUP or ((final or crowded) and rows):
+                take, got = rows[:ROW_GROUP], lines[:ROW_GROUP]
+                del rows[:ROW_GROUP], lines[:ROW_GROUP]
+                dec = decode.decode_responses(take)
+                batch.errors += [(got[i], reason) for i, reason in dec.errors]
+                flows, events = decode.split_responses(dec)
+                batch.parts.append(_Part(c, storage.to_storage(flows), events, dedup.keys(flows)))
 
 
 def _chunks(fh: IO[bytes]):
@@ -325,7 +324,8 @@ def import_files(
             if strict and errors:
                 stop.set()
                 continue
-            for c, part in batch.parts.items():
+            for part in batch.parts:
+                c = part.cluster
                 sink = sinks.get(c) or sinks.setdefault(c, _Sink(store, c))
                 report.duplicates += sink.add(part)
                 if sink.write():

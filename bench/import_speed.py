@@ -1,0 +1,256 @@
+"""`flowpipe import` speed and peak memory against the hubble CLI and jq reading the same jsonpb.
+
+Issue 14's target: >= 1.5x `hubble observe --input-file F --all -o compact` on the same file
+(about 45k flows/s on these 2-core machines), plain, .gz and stdin, peak RSS <= 300 MB whatever
+the file size, two files at once on both cores. Every case runs in this one process's run, so
+the ratios hold on a busy machine even when the rates do not (CPU seconds are printed too).
+
+The mix is bench/mix.py's busy two-cluster mesh as `hubble observe -o jsonpb` lines, cached in
+bench/.results; the second file and the long stream are the same lines shifted by whole days,
+with new uuids (so nothing in them is a duplicate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mix
+from common import RESULTS, load_note, save_result
+
+HUBBLE_REF_FLOWS_S = 31_000  # issue 14: hubble observe --input-file -o compact, 200k flows in 6.5 s
+HUBBLE_PER_JQ = 4.9 / 6.5  # issue 14, same file: jq 4.9 s, hubble 6.5 s (hubble's speed / jq's)
+TARGET_VS_HUBBLE = 1.5
+TARGET_RSS = 300e6
+DAY = b"2024-05-01T"  # the mix's date (start below); shifted copies get later days
+START_NS = 1_714_557_600 * 1_000_000_000  # 2024-05-01T10:00:00Z
+JQ_PROGRAM = 'select(.flow.verdict=="DROPPED")'
+UUID_RE = re.compile(rb'"uuid":"[0-9a-f]{8}')
+
+
+def make_chunk(job: tuple[int, int, int]) -> bytes:
+    """jsonpb lines of one chunk of the mix."""
+    seed, n, start_ns = job
+    lines = [mix.to_jsonpb(r) for r in mix.generate(n, seed=seed, start_ns=start_ns)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def mix_file(n: int, workers: int) -> Path:
+    """The cached jsonpb file of n flows (rebuilt when mix.py changes)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"import-mix-{n}.jsonl"
+    if path.exists() and path.stat().st_mtime >= Path(mix.__file__).stat().st_mtime:
+        return path
+    step = 1e9 / mix.RATE
+    batch = 20_000
+    jobs = [
+        (1000 + k, min(batch, n - first), START_NS + int(first * step))
+        for k, first in enumerate(range(0, n, batch))
+    ]
+    t0 = time.perf_counter()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh, multiprocessing.Pool(workers) as pool:
+        for chunk in pool.imap(make_chunk, jobs):
+            fh.write(chunk)
+    os.replace(tmp, path)
+    print(
+        f"generated {path.name} ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f}s"
+    )
+    return path
+
+
+def shifted(data: bytes, days: int) -> bytes:
+    """data's flows `days` later, with other uuids: new flows, not duplicates."""
+    day = f"2024-05-{1 + days:02d}T".encode()
+    out = data.replace(b'"' + DAY, b'"' + day)
+    prefix = f'"uuid":"{days:08x}'.encode()
+    return UUID_RE.sub(prefix, out)
+
+
+def run(cmd: list[str] | str, *, stdin: Path | None = None, feed=None, shell: bool = False) -> dict:
+    """Wall seconds, CPU seconds and peak RSS of one command (stdout discarded)."""
+    if stdin is not None:
+        with open(stdin, "rb") as fh:
+            return _run(cmd, fh, None, shell)
+    return _run(cmd, None, feed, shell)
+
+
+def _run(cmd: list[str] | str, stdin, feed, shell: bool) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        shell=shell,
+        stdin=subprocess.PIPE if feed else stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    writer = None
+    if feed:
+        writer = threading.Thread(target=feed, args=(proc.stdin,), daemon=True)
+        writer.start()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(proc.stderr, chunks), daemon=True)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    reader.join()
+    if writer:
+        writer.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = b"".join(chunks)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{cmd if isinstance(cmd, str) else ' '.join(cmd)}: exit {proc.returncode}: {err.decode()[-500:]}"
+        )
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss": usage.ru_maxrss * 1024,
+        "stderr": err.decode(errors="replace"),
+    }
+
+
+def _read_all(fh, out: list[bytes]) -> None:
+    out.append(fh.read())
+
+
+def imported(stderr: str) -> int:
+    m = re.search(r"imported (\d+) flows", stderr)
+    return int(m.group(1)) if m else -1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time jq, hubble (when on PATH) and flowpipe import over the same files; print ratios."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--flows", type=int, default=200_000, help="flows in the file (issue: 200,000)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each case (the best counts)")
+    ap.add_argument("--stream-copies", type=int, default=5, help="copies piped for the RSS case")
+    ap.add_argument("--workers", type=int, default=2, help="processes generating the mix")
+    args = ap.parse_args(argv)
+    print(load_note())
+    plain = mix_file(args.flows, args.workers)
+    n = args.flows
+    with tempfile.TemporaryDirectory(prefix="flowpipe-import-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        data = plain.read_bytes()
+        gz = tmp / "mix.jsonl.gz"
+        gz.write_bytes(gzip.compress(data, compresslevel=6))
+        second = tmp / "mix-day2.jsonl"
+        second.write_bytes(shifted(data, 1))
+        del data
+        fp = [sys.executable, "-m", "flowpipe.cli", "import", "--store"]
+        cases: list[tuple[str, int, object]] = []  # (name, flows, how to run it)
+
+        def store() -> str:
+            return tempfile.mkdtemp(dir=tmp, prefix="store-")
+
+        def feed_copies(pipe) -> None:
+            src = plain.read_bytes()
+            try:
+                for k in range(args.stream_copies):
+                    pipe.write(shifted(src, k) if k else src)
+                pipe.close()
+            except BrokenPipeError:
+                pass
+
+        jq = shutil.which("jq")
+        hubble = shutil.which("hubble")
+        if jq:
+            cases.append(
+                ("jq select DROPPED", n, lambda: run(f"{jq} -c '{JQ_PROGRAM}' {plain}", shell=True))
+            )
+        if hubble:
+            cases.append(
+                (
+                    "hubble observe -o compact",
+                    n,
+                    lambda: run(
+                        [hubble, "observe", "--input-file", str(plain), "--all", "-o", "compact"]
+                    ),
+                )
+            )
+        cases += [
+            ("flowpipe import FILE", n, lambda: run(fp + [store(), str(plain)])),
+            ("flowpipe import FILE.gz", n, lambda: run(fp + [store(), str(gz)])),
+            (
+                "flowpipe import - < FILE",
+                n,
+                lambda: run(fp + [store(), "-"], stdin=plain),
+            ),
+            (
+                "flowpipe import FILE FILE2",
+                2 * n,
+                lambda: run(fp + [store(), str(plain), str(second)]),
+            ),
+            (
+                f"flowpipe import - ({args.stream_copies} copies)",
+                args.stream_copies * n,
+                lambda: run(fp + [store(), "-"], feed=feed_copies),
+            ),
+        ]
+        results = {}
+        for name, flows, how in cases:
+            best = None
+            for _ in range(args.repeat if "copies" not in name else 1):
+                r = how()
+                if name.startswith("flowpipe") and imported(r["stderr"]) != flows:
+                    print(
+                        f"{name}: imported {imported(r['stderr'])} flows, expected {flows}: {r['stderr'][-300:]}"
+                    )
+                    return 1
+                if best is None or r["wall_s"] < best["wall_s"]:
+                    best = r
+                for d in tmp.glob("store-*"):
+                    shutil.rmtree(d, ignore_errors=True)
+            results[name] = {"flows": flows, **{k: v for k, v in best.items() if k != "stderr"}}
+            print(
+                f"  {name:<34} {flows:>9,} flows {best['wall_s']:7.2f} s {flows / best['wall_s']:>9,.0f} flows/s"
+                f"  cpu {best['cpu_s']:6.2f} s ({best['cpu_s'] / best['wall_s']:.2f} cores)  peak RSS {best['rss'] / 1e6:6.1f} MB",
+                flush=True,
+            )
+    rate = {k: v["flows"] / v["wall_s"] for k, v in results.items()}
+    fp1 = rate["flowpipe import FILE"]
+    print()
+    if hubble:
+        ref, how = rate["hubble observe -o compact"], "hubble on PATH, this run"
+    else:
+        ref, how = HUBBLE_REF_FLOWS_S, "hubble not on PATH: issue 14's measured 31,000 flows/s"
+    figures = {"flows": n, "results": results, "hubble_flows_s": round(ref), "hubble_source": how}
+    print(f"reference hubble observe --input-file -o compact: {ref:,.0f} flows/s ({how})")
+    for name in [k for k in rate if k.startswith("flowpipe")]:
+        line = f"  {name:<34} {rate[name] / ref:5.2f}x hubble"
+        if jq:
+            jq_rate = rate["jq select DROPPED"]
+            line += f", {rate[name] / jq_rate:5.2f}x jq ({rate[name] / (jq_rate * HUBBLE_PER_JQ):5.2f}x hubble as estimated from jq)"
+        print(line)
+    worst_rss = max(v["rss"] for k, v in results.items() if k.startswith("flowpipe"))
+    vs = fp1 / ref
+    print(
+        f"flowpipe import FILE: {fp1:,.0f} flows/s = {vs:.2f}x hubble (target >= {TARGET_VS_HUBBLE}x: "
+        f"{'OK' if vs >= TARGET_VS_HUBBLE else 'MISSED'}); peak RSS {worst_rss / 1e6:.0f} MB over every case "
+        f"(target <= {TARGET_RSS / 1e6:.0f} MB: {'OK' if worst_rss <= TARGET_RSS else 'MISSED'})"
+    )
+    figures.update(
+        {
+            "flows_s": round(fp1),
+            "vs_hubble": round(vs, 2),
+            "vs_jq": round(fp1 / rate["jq select DROPPED"], 2) if jq else None,
+            "peak_rss_mb": round(worst_rss / 1e6),
+        }
+    )
+    save_result("import_speed", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
