@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,10 +14,12 @@ from click.testing import CliRunner
 from conftest import capture_files
 from google.protobuf import json_format
 
+from flowpipe.api.observer import observer_pb2
 from flowpipe.cli import main
 from flowpipe.codec import storage
 from flowpipe.errors import InputError
 from flowpipe.ingest import importer
+from flowpipe.store.layout import Store
 
 
 def stored_flows(store):
@@ -115,3 +120,112 @@ def test_lost_events_and_node_status_are_stored(store, tmp_path):
         ("lost_events", "OBSERVER_EVENTS_QUEUE", 7, None),
         ("node_status", None, None, "NODE_UNAVAILABLE"),
     ]
+
+
+def test_each_imported_flow_equals_protobufs_parse_of_its_line(tmp_path):
+    for path in capture_files():
+        store = Store(tmp_path / path.stem)
+        store.ensure()
+        report = importer.import_files(store, [str(path)], cluster="lab")
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        want = Counter(
+            json_format.Parse(line, observer_pb2.GetFlowsResponse()).flow.SerializeToString(
+                deterministic=True
+            )
+            for line in lines
+        )
+        got = Counter(f.SerializeToString(deterministic=True) for f in stored_flows(store))
+        assert report.errors == [] and got == Counter(set(want)), path.name
+        assert report.flows + report.duplicates == len(lines)
+
+
+def test_files_and_row_groups_as_the_collector_writes_them(store, monkeypatch):
+    from flowpipe.ingest import collector
+    from flowpipe.ingest.config import CollectConfig
+
+    assert importer.ROW_GROUP == collector.DECODE_BATCH
+    assert CollectConfig().flush_rows == importer.FILE_ROWS
+    monkeypatch.setattr(importer, "ROW_GROUP", 100)
+    monkeypatch.setattr(importer, "FILE_ROWS", 250)
+    path = capture_files()[2]  # 400 tcp flows within one hour
+    report = importer.import_files(store, [str(path)], cluster="c1")
+    files = store.files("flows", "c1")
+    sizes = [pq.read_metadata(p).num_rows for p in files]
+    groups = [
+        pq.read_metadata(p).row_group(g).num_rows
+        for p in files
+        for g in range(pq.read_metadata(p).num_row_groups)
+    ]
+    assert report.flows == 400 and sorted(sizes) == [100, 300]
+    assert groups == [100] * 4
+
+
+def test_duplicates_found_in_committed_files_of_the_same_import(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "ROW_GROUP", 64)
+    monkeypatch.setattr(importer, "FILE_ROWS", 128)
+    text = capture_files()[2].read_text()
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(text + text)  # the second copy arrives after the first is committed
+    report = importer.import_files(store, [str(twice), str(capture_files()[2])], cluster="c1")
+    assert report.flows == 400 and report.duplicates == 800 and report.errors == []
+    assert len(stored_flows(store)) == 400
+
+
+def test_strict_discards_staged_files_of_every_file(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "ROW_GROUP", 50)
+    monkeypatch.setattr(importer, "FILE_ROWS", 100)
+    bad = tmp_path / "late-bad.jsonl"
+    bad.write_text(capture_files()[2].read_text() + '{"flow": {"verdict": "NOPE"}}\n')
+    with pytest.raises(InputError, match=r"late-bad.jsonl:401: not a GetFlowsResponse.*--strict"):
+        importer.import_files(store, [str(capture_files()[1]), str(bad)], strict=True)
+    assert store.files() == [] and store.files("events") == []
+    assert list((store.root / ".incoming").glob("*.tmp")) == []
+    assert importer.import_files(store, [str(capture_files()[1])], strict=True).flows == 400
+
+
+def test_node_name_without_a_usable_cluster_is_a_bad_line(store, tmp_path, captures):
+    lines = []
+    for i, c in enumerate(captures[:6]):
+        d = json_format.MessageToDict(c)
+        d["flow"]["node_name"] = "bad name/n" if i == 3 else "east/n"
+        lines.append(json.dumps(d))
+    path = tmp_path / "names.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report = importer.import_files(store, [str(path)])
+    assert report.flows == 5 and store.clusters() == ["east"]
+    assert len(report.errors) == 1 and report.errors[0].startswith(f"{path}:4: node_name:")
+
+
+def test_overlong_line_reported_and_skipped(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "CHUNK", 4096)
+    monkeypatch.setattr(importer, "MAX_LINE", 10_000)
+    lines = capture_files()[1].read_text().splitlines()
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(lines[:3] + ["x" * 50_000] + lines[3:]) + "\n")
+    report = importer.import_files(store, [str(path)], cluster="c1")
+    assert len(report.errors) == 1 and report.errors[0].startswith(f"{path}:4: line longer than")
+    assert report.flows == 400
+
+
+def test_small_chunks_give_the_same_store(tmp_path, monkeypatch):
+    paths = [str(p) for p in capture_files()]
+    stores = []
+    for chunk in (importer.CHUNK, 777):
+        monkeypatch.setattr(importer, "CHUNK", chunk)
+        s = Store(tmp_path / f"s{chunk}")
+        s.ensure()
+        report = importer.import_files(s, paths, cluster="lab")
+        assert report.errors == []
+        stores.append(sorted(f.SerializeToString(deterministic=True) for f in stored_flows(s)))
+    assert stores[0] == stores[1] and len(stores[0]) > 700
+
+
+def test_stdin_gzip_and_truncated_gzip(tmp_path):
+    flowpipe = [sys.executable, "-m", "flowpipe.cli", "import", "--store", str(tmp_path / "s")]
+    data = gzip.compress(capture_files()[2].read_bytes())
+    run = subprocess.run([*flowpipe, "-"], input=data, capture_output=True, timeout=120)
+    assert run.returncode == 0 and b"imported 400 flows" in run.stderr, run.stderr
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    run = subprocess.run([*flowpipe, str(cut)], capture_output=True, timeout=120)
+    assert run.returncode == 1 and f"{cut}: read error after line".encode() in run.stderr

@@ -28,14 +28,14 @@ from flowpipe.ingest import dedup
 from flowpipe.ingest.known import StoredKeys
 from flowpipe.store.layout import FLOWS, Store, WriteResult, check_cluster
 from flowpipe.store.writer import StreamWriter
-from flowpipe.views import catalog as views
 
 ROW_GROUP = 8192  # flows per row group: the collector's DECODE_BATCH (a test keeps them equal)
 FILE_ROWS = 30_000  # flows per file: the collector's flush_rows (idem)
-CHUNK = 4 << 20  # bytes read at a time
+CHUNK = 2 << 20  # bytes read at a time
 MAX_LINE = 64 << 20  # a longer "line" is reported and skipped, not held in memory
 READERS = 2  # files read at once
-QUEUED = 4  # decoded batches waiting for the writer
+QUEUED = 2  # decoded batches waiting for the writer
+DECODE_ROWS = 4096  # rows a reader decodes at a time (the writer joins them into row groups)
 
 
 @dataclass
@@ -163,17 +163,18 @@ class _Reader(threading.Thread):
             lines.append(line)
 
     def _decode(self, batch: _Batch, final: bool = False) -> None:
-        """Decode ROW_GROUP rows of each cluster that has them (all that is left when final, or
-        when many clusters hold many rows between them: memory stays bounded)."""
-        crowded = sum(len(r) for r, _ in self.rows.values()) > 4 * ROW_GROUP
+        """Decode what the clusters hold once they hold DECODE_ROWS rows between them (or at the
+        end): memory stays one batch whatever the number of clusters; the writer puts a
+        cluster's parts back together into row groups of ROW_GROUP."""
+        if not final and sum(len(rows) for rows, _ in self.rows.values()) < DECODE_ROWS:
+            return
         for c, (rows, lines) in self.rows.items():
-            while len(rows) >= ROW_GROUP or ((final or crowded) and rows):
-                take, got = rows[:ROW_GROUP], lines[:ROW_GROUP]
-                del rows[:ROW_GROUP], lines[:ROW_GROUP]
-                dec = decode.decode_responses(take)
-                batch.errors += [(got[i], reason) for i, reason in dec.errors]
+            if rows:
+                dec = decode.decode_responses(rows)
+                batch.errors += [(lines[i], reason) for i, reason in dec.errors]
                 flows, events = decode.split_responses(dec)
                 batch.parts.append(_Part(c, storage.to_storage(flows), events, dedup.keys(flows)))
+        self.rows.clear()
 
 
 def _chunks(fh: IO[bytes]):
@@ -351,7 +352,9 @@ def import_files(
         _drain(out, readers)
     report.errors = [_where(paths, *e) for e in sorted(errors)]
     if report.flows or report.events:
-        views.write_database(store)
+        from flowpipe.views import catalog  # DuckDB: loaded once the batches are gone
+
+        catalog.write_database(store)
     return report
 
 
