@@ -207,18 +207,25 @@ def _chunks(fh: IO[bytes]):
 
 
 class _Sink:
-    """One cluster's open files, the keys of flows written but not committed, and its batches."""
+    """One cluster's writer: its queued flows, open files, and the keys of both (a flow is a
+    duplicate when its key is among them or in the store, see StoredKeys)."""
 
-    def __init__(self, store: Store, cluster: str):
+    def __init__(self, store: Store, cluster: str, publish: bool):
         self.writer = StreamWriter(store, cluster)
         self.known = StoredKeys(store, cluster)
-        self.uncommitted: set[int] = set()
-        self.flows: list[pa.Table] = []
+        self.publish = publish  # False: commits stay staged (--strict)
+        self.staged: list[WriteResult] = []
+        self.flows: list[pa.Table] = []  # queued, in order
+        self.keys: list[int] = []  # their keys, in the same order
         self.events: list[pa.Table] = []
-        self.rows = 0
+        self.in_files: list[int] = []  # keys of the flows in the open files
+        self.seen: set[int] = set()  # keys of queued flows and of those in open files
+        self.rows = 0  # queued flows
+        self.stored = [0, 0]  # flows, events committed
 
     def add(self, part: _Part) -> int:
-        """Queue the part's new flows and its events; return how many duplicates it held."""
+        """Queue the part's new flows and its events, write full row groups (committing the
+        files when due); return how many duplicates the part held."""
         flows = part.flows
         dups = 0
         if flows.num_rows:
@@ -226,7 +233,7 @@ class _Sink:
             span = pc.min_max(times)
             lo, hi = span["min"].value, span["max"].value
             stored = self.known.sets(lo, hi, with_untimed=times.null_count > 0)
-            seen = self.uncommitted
+            seen = self.seen
             mask = []
             for k in part.keys:
                 if k in seen or any(k in s for s in stored):
@@ -234,6 +241,7 @@ class _Sink:
                     dups += 1
                 else:
                     seen.add(k)
+                    self.keys.append(k)
                     mask.append(True)
             if dups:
                 flows = flows.filter(pa.array(mask))
@@ -241,31 +249,47 @@ class _Sink:
             self.rows += flows.num_rows
         if part.events.num_rows:
             self.events.append(part.events)
+        while self.rows >= ROW_GROUP:
+            self._write()
         return dups
 
-    def write(self, final: bool = False) -> bool:
-        """Write queued flows a row group at a time; True when the open files are due a commit."""
-        while self.rows >= ROW_GROUP or (final and (self.rows or self.events)):
-            flows = pa.concat_tables(self.flows) if self.flows else None
-            take = min(self.rows, ROW_GROUP)
-            rest = flows.slice(take) if flows is not None else None
-            events = pa.concat_tables(self.events) if self.events else None
-            self.writer.write(flows.slice(0, take) if flows is not None else None, events)
-            self.flows = [rest] if rest is not None and rest.num_rows else []
-            self.events = []
-            self.rows -= take
-        return self.writer.rows >= FILE_ROWS or (final and self.writer.rows > 0)
+    def finish(self) -> None:
+        """Write and commit what is left."""
+        while self.rows or self.events:
+            self._write()
+        if self.writer.rows:
+            self._commit()
 
-    def commit(self, publish: bool) -> WriteResult:
-        """Close the open files (publishing them unless staged) and index them for lookups."""
-        result = self.writer.commit(publish=publish)
-        written = [(f, f) for f in result.files] if publish else result.pending
+    def _write(self) -> None:
+        """One row group of queued flows (and the queued events) into the open files; commit
+        them once they hold FILE_ROWS, as the collector does."""
+        take = min(self.rows, ROW_GROUP)
+        flows = pa.concat_tables(self.flows) if self.flows else None
+        events = pa.concat_tables(self.events) if self.events else None
+        self.writer.write(flows.slice(0, take) if flows is not None else None, events)
+        self.flows = [flows.slice(take)] if flows is not None and take < self.rows else []
+        self.events = []
+        self.rows -= take
+        self.in_files += self.keys[:take]
+        del self.keys[:take]
+        if self.writer.rows >= FILE_ROWS:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Close the open files (published, or staged) and index them for the lookups, which
+        find their flows from now on."""
+        result = self.writer.commit(publish=self.publish)
+        written = [(f, f) for f in result.files] if self.publish else result.pending
         for path, final in written:
             if final.relative_to(self.writer.store.root).parts[0] == FLOWS:
                 self.known.note(path)
-        self.uncommitted.clear()  # they are in files the lookups read now
+        if not self.publish:
+            self.staged.append(result)
+        self.seen.difference_update(self.in_files)
+        self.in_files = []
+        self.stored[0] += result.flows
+        self.stored[1] += result.events
         pa.default_memory_pool().release_unused()
-        return result
 
 
 def import_files(
@@ -288,7 +312,6 @@ def import_files(
     report = ImportReport(files=len(paths))
     errors: list[tuple[int, int, str]] = []  # (file, line, reason)
     sinks: dict[str, _Sink] = {}
-    staged: list[WriteResult] = []
     out: queue.Queue = queue.Queue(maxsize=QUEUED)
     stop = threading.Event()
     readers: list[_Reader] = []
@@ -301,13 +324,6 @@ def import_files(
         readers.append(_Reader(i, p, cluster, out, stop))
         readers[-1].start()
         return 1
-
-    def commit(sink: _Sink) -> None:
-        result = sink.commit(publish=not strict)
-        if strict:
-            staged.append(result)
-        report.flows += result.flows
-        report.events += result.events
 
     try:
         running = sum(start_next() for _ in range(READERS))
@@ -323,33 +339,32 @@ def import_files(
             if on_progress and batch.lines:
                 on_progress(batch.lines)
             if strict and errors:
-                stop.set()
+                stop.set()  # nothing will be kept: stop reading
                 continue
             for part in batch.parts:
-                c = part.cluster
-                sink = sinks.get(c) or sinks.setdefault(c, _Sink(store, c))
+                sink = sinks.get(part.cluster)
+                if sink is None:
+                    sink = sinks[part.cluster] = _Sink(store, part.cluster, publish=not strict)
                 report.duplicates += sink.add(part)
-                if sink.write():
-                    commit(sink)
-        if not (strict and errors):
-            for sink in sinks.values():
-                if sink.write(final=True):
-                    commit(sink)
         if strict and errors:
             first = _where(paths, *min(errors))
             raise InputError(f"{first} (--strict: nothing imported, {len(errors)} error(s))")
-        for result in staged:
-            store.publish(result)
-        staged.clear()
+        for sink in sinks.values():
+            sink.finish()
+        for sink in sinks.values():  # --strict: every file is written; now publish them
+            while sink.staged:
+                store.publish(sink.staged.pop(0))
     except BaseException:
         for sink in sinks.values():
             sink.writer.abort()
-        for result in staged:
-            store.discard(result)
+            for result in sink.staged:
+                store.discard(result)
         raise
     finally:
         stop.set()
         _drain(out, readers)
+    report.flows = sum(s.stored[0] for s in sinks.values())
+    report.events = sum(s.stored[1] for s in sinks.values())
     report.errors = [_where(paths, *e) for e in sorted(errors)]
     if report.flows or report.events:
         from flowpipe.views import catalog  # DuckDB: loaded once the batches are gone
