@@ -45,6 +45,13 @@ BENCHMARKS = [
     # a big store is built once and cached (bench/bigstore.py: ~4 min for 1M, ~9 min for 10M)
     ("check_speed", "check_speed.py", [], ["--flows", "1000000", "--no-jq", "--repeat", "1"], 5400),
     ("serve_speed", "serve_speed.py", [], ["--flows", "1000000", "--max-seconds", "20"], 1800),
+    (
+        "import_speed",
+        "import_speed.py",
+        ["--flows", "200000"],
+        ["--flows", "50000", "--repeat", "1", "--stream-copies", "3"],
+        1800,
+    ),
 ]
 
 
@@ -132,6 +139,17 @@ def summary(name: str, r: dict) -> list[tuple[str, str, str]]:
             if others:
                 rows.append((f"check stages over {int(n):,} flows", f"{others} s", ""))
         return rows
+    if name == "import_speed":
+        rss = "<= 300 MB"
+        return [
+            (
+                f"import {r['flows']:,} jsonpb flows",
+                f"{r['flows_s']:,} flows/s = {r['vs_hubble']}x hubble"
+                + (f", {r['vs_jq']}x jq" if r.get("vs_jq") else ""),
+                ">= 1.5x hubble",
+            ),
+            ("import peak RSS (every case)", f"{r['peak_rss_mb']} MB", rss),
+        ]
     if name == "serve_speed":
         return [
             (

@@ -8,6 +8,7 @@ whatever the size of the input."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import queue
@@ -35,7 +36,7 @@ CHUNK = 2 << 20  # bytes read at a time
 MAX_LINE = 64 << 20  # a longer "line" is reported and skipped, not held in memory
 READERS = 2  # files read at once
 QUEUED = 2  # decoded batches waiting for the writer
-DECODE_ROWS = 4096  # rows a reader decodes at a time (the writer joins them into row groups)
+DECODE_ROWS = 2048  # rows a reader decodes at a time (the writer joins them into row groups)
 
 
 @dataclass
@@ -71,18 +72,17 @@ class _Batch:
     crash: BaseException | None = None
 
 
-def _open(path: str) -> IO[bytes]:
-    """The file (or stdin for -), gunzipped when it starts with the gzip magic."""
-    fh = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed by the caller
+def _open(path: str, files: contextlib.ExitStack) -> IO[bytes]:
+    """The file (or stdin for -), gunzipped when it starts with the gzip magic; closed by files."""
+    fh = sys.stdin.buffer if path == "-" else files.enter_context(open(path, "rb"))  # noqa: SIM115
     head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
     if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh)
+        return files.enter_context(gzip.GzipFile(fileobj=fh))
     return fh
 
 
 class _Reader(threading.Thread):
-    """Reads one file into decoded batches on the queue, ROW_GROUP rows of a cluster at a time
-    (so the writer gets row groups as the collector writes them); stops early when told to."""
+    """Reads one file into decoded batches on the queue; stops early when told to."""
 
     def __init__(self, file: int, path: str, cluster: str | None, out: queue.Queue, stop):
         super().__init__(name=f"import-{file}", daemon=True)
@@ -106,36 +106,34 @@ class _Reader(threading.Thread):
                 continue
 
     def _read(self) -> None:
-        try:
-            fh = _open(self.path)
-        except OSError as exc:
-            raise InputError(f"{_name(self.path)}: cannot open: {exc.strerror or exc}") from exc
-        batch = _Batch(self.file)
-        seen = 0  # lines before the current chunk
-        try:
-            for chunk in _chunks(fh):
-                if self.stop.is_set():
-                    return
-                if chunk is None:  # one line too long to hold
-                    seen += 1
-                    batch.errors.append((seen, f"line longer than {MAX_LINE >> 20} MB"))
-                    batch.lines += 1
-                    continue
-                conv = jsonpb.convert(chunk, seen + 1)
-                seen += conv.count
-                batch.lines += conv.count
-                batch.errors += conv.errors
-                batch.skipped += conv.skipped
-                self._route(conv, batch)
-                self._decode(batch)
-                if batch.parts or batch.errors:
-                    self._put(batch)
-                    batch = _Batch(self.file)
-        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-            batch.errors.append((0, f"read error after line {seen}: {exc}"))
-        finally:
-            if fh is not sys.stdin.buffer:
-                fh.close()
+        with contextlib.ExitStack() as files:
+            try:
+                fh = _open(self.path, files)
+            except OSError as exc:
+                raise InputError(f"{_name(self.path)}: cannot open: {exc.strerror or exc}") from exc
+            batch = _Batch(self.file)
+            seen = 0  # lines before the current chunk
+            try:
+                for chunk in _chunks(fh):
+                    if self.stop.is_set():
+                        return
+                    if chunk is None:  # one line too long to hold
+                        seen += 1
+                        batch.errors.append((seen, f"line longer than {MAX_LINE >> 20} MB"))
+                        batch.lines += 1
+                        continue
+                    conv = jsonpb.convert(chunk, seen + 1)
+                    seen += conv.count
+                    batch.lines += conv.count
+                    batch.errors += conv.errors
+                    batch.skipped += conv.skipped
+                    self._route(conv, batch)
+                    self._decode(batch)
+                    if batch.parts or batch.errors:
+                        self._put(batch)
+                        batch = _Batch(self.file)
+            except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+                batch.errors.append((0, f"read error after line {seen}: {exc}"))
         self._decode(batch, final=True)
         self._put(batch)
 
