@@ -654,7 +654,7 @@ static int parse_value(Px *x, const JField *f, int depth, int in_list) {
             if (n && (put_tag(o, 1, 2) || put_varint(o, n) || buf_put(o, s, n))) return NOMEM;
             return close_len(o, mark);
         }
-        if (f->inner != K_BOOL && wire_type(f->inner) != 0) return BAIL; /* float, double, bytes */
+        if (wire_type(f->inner) != 0) return BAIL; /* float, double, bytes: json_format */
         if ((rc = read_scalar(x, f->inner, -1, &raw))) return rc;
         if (put_tag(o, f->number, 2) || open_len(o, &mark)) return NOMEM;
         if (raw && (put_tag(o, 1, 0) || put_varint(o, raw))) return NOMEM;

@@ -301,6 +301,8 @@ def import_files(
     """Import jsonpb files; duplicates (already stored or repeated) are dropped; --strict is all or nothing."""
     if cluster:
         check_cluster(cluster)
+    if paths.count("-") > 1:
+        raise InputError("- (stdin) can be read only once")
     for p in paths:  # a mistyped name stops the import before anything is written
         if p != "-":
             try:

@@ -9,7 +9,7 @@ from flowpipe.errors import StoreError
 from flowpipe.store.layout import FLOWS, Store, _dir_hour_ns, _hour_dirs, time_spans
 
 HOUR_NS = 3_600_000_000_000
-CACHE_KEYS = 600_000  # keys of recently read row groups kept (~50 MB)
+CACHE_KEYS = 600_000  # keys of recently read row groups kept (~40 MB)
 SCAN_HOURS = 48  # a wider batch looks only at the hours that exist
 
 
@@ -58,12 +58,8 @@ class StoredKeys:
         for hour in hours:
             for path, spans in self._hour(hour).items():
                 for rg, oldest, newest in spans:
-                    overlaps = lo_ns is not None and oldest is not None
-                    if (
-                        hour == 0
-                        or oldest is None
-                        or (overlaps and oldest <= hi_ns and newest >= lo_ns)
-                    ):
+                    unknown = hour == 0 or oldest is None or lo_ns is None  # untimed flows
+                    if unknown or (oldest <= hi_ns and newest >= lo_ns):
                         out.append(self._keys(path, rg))
         return out
 
