@@ -22,6 +22,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum {
     K_BOOL = 1, K_INT32, K_SINT32, K_UINT32, K_INT64, K_SINT64, K_UINT64,
@@ -351,6 +354,26 @@ static void init_cls(void) {
     for (int c = 0; c < 256; c++) CLS[c] = (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') ? 0 : 1;
 }
 
+/* The first byte from p on that is not plain (see CLS), or end: 16 bytes a step where SSE2 is. */
+static inline const uint8_t *skip_plain(const uint8_t *p, const uint8_t *end) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        /* signed: bytes >= 0x80 are negative, so "< 0x20" catches them with the controls */
+        __m128i special = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                     _mm_cmpeq_epi8(v, backslash)),
+                                       _mm_cmplt_epi8(v, space));
+        int mask = _mm_movemask_epi8(special);
+        if (mask) return p + __builtin_ctz((unsigned)mask);
+        p += 16;
+    }
+#endif
+    while (p < end && !CLS[*p]) p++;
+    return p;
+}
+
 /* Length of the strictly valid UTF-8 sequence at p (as Python's decoder takes it), 0 if none. */
 static int utf8_seq(const uint8_t *p, const uint8_t *end) {
     uint8_t c = p[0];
@@ -409,7 +432,7 @@ static int read_string(Px *x, const uint8_t **s, size_t *n, int *escaped) {
     const uint8_t *p = x->p + 1, *end = x->end, *first = p, *run = p;
     *escaped = 0;
     for (;;) {
-        while (p < end && !CLS[*p]) p++;
+        p = skip_plain(p, end);
         if (p >= end) return BAIL;
         uint8_t c = *p;
         if (c == '"') break;
