@@ -145,7 +145,8 @@ def summary(name: str, r: dict) -> list[tuple[str, str, str]]:
             (
                 f"import {r['flows']:,} jsonpb flows",
                 f"{r['flows_s']:,} flows/s = {r['vs_hubble']}x hubble"
-                + (f", {r['vs_jq']}x jq" if r.get("vs_jq") else ""),
+                + (f" ({r['vs_jq']}x jq)" if r.get("vs_jq") else "")
+                + f", {r['vs_hubble_free_cores']}x on free cores",
                 ">= 1.5x hubble",
             ),
             ("import peak RSS (every case)", f"{r['peak_rss_mb']} MB", rss),
