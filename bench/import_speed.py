@@ -162,16 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs of each case (the best counts)")
     ap.add_argument("--stream-copies", type=int, default=5, help="copies piped for the RSS case")
     ap.add_argument("--workers", type=int, default=2, help="processes generating the mix")
-    ap.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="run every case at this niceness (negative, as root: a busy machine's other work "
-        "weighs less, alike for every case)",
-    )
     args = ap.parse_args(argv)
     print(load_note())
-    niced = ["nice", "-n", str(args.nice)] if args.nice else []
     plain = mix_file(args.flows, args.workers)
     n = args.flows
     with tempfile.TemporaryDirectory(prefix="flowpipe-import-bench-") as tmpdir:
@@ -182,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         second = tmp / "mix-day2.jsonl"
         second.write_bytes(shifted(data, 1))
         del data
-        fp = [*niced, sys.executable, "-m", "flowpipe.cli", "import", "--store"]
+        fp = [sys.executable, "-m", "flowpipe.cli", "import", "--store"]
         cases: list[tuple[str, int, object]] = []  # (name, flows, how to run it)
 
         def store() -> str:
@@ -200,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         jq = shutil.which("jq")
         hubble = shutil.which("hubble")
         if jq:
-            cases.append(
-                ("jq select DROPPED", n, lambda: run([*niced, jq, "-c", JQ_PROGRAM, str(plain)]))
-            )
+            cases.append(("jq select DROPPED", n, lambda: run([jq, "-c", JQ_PROGRAM, str(plain)])))
         if hubble:
             cases.append(
                 (
@@ -210,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
                     n,
                     lambda: run(
                         [
-                            *niced,
                             hubble,
                             "observe",
                             "--input-file",
