@@ -105,9 +105,13 @@ class _Entry:
     deny: bool
     state: int  # YES, MAYBE
     wildcard: bool  # the rule selects every peer
-    port_specific: bool
+    rank: int  # the policy map key it makes, in lookup order (1 first): see _RANKS
     port_rule: PortRule | None
     unknown: tuple[str, ...] = ()
+
+
+# bpf/lib/policy.h: keys are looked up in this order; Hubble's match type names the key found
+_RANKS = {1: "L3-L4", 2: "L4-Only", 3: "L3-Proto", 4: "Proto-Only", 5: "L3-Only", 6: "all"}
 
 
 @dataclass
@@ -194,7 +198,7 @@ class Evaluator:
         if direction == INGRESS and peer.is_host and default_deny:
             # allow-localhost: "Kubernetes will automatically allow all communication from the
             # local host of all local endpoints" (docs: Layer 3, Access to/from local host)
-            entries.append(_Entry("", False, YES, False, False, None))
+            entries.append(_Entry("", False, YES, False, 5, None))
         sure = [e for e in entries if e.state == YES]
         maybe = [e for e in entries if e.state == MAYBE]
         if len(maybe) > MAX_UNKNOWNS:
@@ -251,21 +255,18 @@ class Evaluator:
         if pr.unknown and not pr.deny:
             l3 = MAYBE
         out: list[_Entry] = []
+        peer_rank = 1 if wildcard else 0
         icmp = protocol.startswith("ICMP")
+        if pr.icmp and icmp:  # ICMP types are not evaluated; TCP/UDP are not matched by them
+            out.append(
+                _Entry(policy, pr.deny, MAYBE, wildcard, 3 + peer_rank, None, unknown + ("icmps",))
+            )
         if pr.ports is None:
-            if pr.icmp:  # ICMP types are not evaluated; TCP/UDP are not matched by them
-                if icmp:
-                    out.append(
-                        _Entry(policy, pr.deny, MAYBE, wildcard, True, None, unknown + ("icmps",))
-                    )
+            if pr.icmp or not pr.has_l3:  # an empty rule ({}) selects nothing
                 return out
-            if not pr.has_l3:  # an empty rule ({}) selects nothing
-                return []
-            return [_Entry(policy, pr.deny, l3, wildcard, False, None, unknown)]
-        if pr.icmp and icmp:
-            out.append(_Entry(policy, pr.deny, MAYBE, wildcard, True, None, unknown + ("icmps",)))
+            return [_Entry(policy, pr.deny, l3, wildcard, 5 + peer_rank, None, unknown)]
         for port_rule in pr.ports:
-            state = self._ports(port_rule, port, protocol)
+            state, rank = self._ports(port_rule, port, protocol)
             if state == NO:
                 continue
             extra = port_rule.unknown if not pr.deny else ()
@@ -281,7 +282,7 @@ class Evaluator:
                     pr.deny,
                     sel.tri_and(l3, state),
                     wildcard,
-                    True,
+                    rank + peer_rank,
                     port_rule,
                     unknown + extra,
                 )
@@ -289,24 +290,26 @@ class Evaluator:
         return out
 
     @staticmethod
-    def _ports(port_rule: PortRule, port: int | None, protocol: str) -> int:
+    def _ports(port_rule: PortRule, port: int | None, protocol: str) -> tuple[int, int]:
+        """(match, rank of the best key: 1 a port, 3 a protocol's every port, 5 anything)."""
         if protocol not in L4_PROTOCOLS:
-            return NO  # toPorts never match ICMP ("Matching on ICMP is not supported")
+            return NO, 0  # toPorts never match ICMP ("Matching on ICMP is not supported")
         if not port_rule.ports:
-            return YES
-        states = []
+            return YES, 5
+        found: list[tuple[int, int]] = []
         for pp in port_rule.ports:
             if pp.protocol not in ("ANY", protocol):
                 continue
             if pp.named:
-                states.append(MAYBE)
+                found.append((MAYBE, 1))
             elif pp.port == 0:
-                states.append(YES)
+                found.append((YES, 5 if pp.protocol == "ANY" else 3))
             elif port is None:
-                states.append(MAYBE)
-            else:
-                states.append(YES if pp.port <= port <= (pp.end_port or pp.port) else NO)
-        return sel.tri_or(states)
+                found.append((MAYBE, 1))
+            elif pp.port <= port <= (pp.end_port or pp.port):
+                found.append((YES, 1))
+        state = sel.tri_or(f[0] for f in found)
+        return state, min((r for st, r in found if st == state), default=0)
 
     def _l3(
         self, pr: PeerRule, peer: Peer, dns_visible: bool, cluster: str
@@ -363,19 +366,23 @@ class Evaluator:
         denies = [e for e in entries if e.deny]
         if denies:
             names = _names(denies)
-            level = _match([e for e in denies if e.port_specific] or denies)
+            level = _RANKS[min(e.rank for e in denies)]
             return _Outcome(
                 False, "DROPPED", level, names, f"denied by {', '.join(names)} ({where}Deny)"
             )
         allows = [e for e in entries if not e.deny]
-        specific = [e for e in allows if e.port_specific]
-        if specific:
-            exact = [e for e in specific if not e.wildcard]
-            top = exact or specific
-            names, level = _names(top), _match(top)
+        if allows:
+            best = min(e.rank for e in allows)
+            top = [e for e in allows if e.rank == best]
+            names, level = _names(top), _RANKS[best]
             redirect = [e for e in top if e.port_rule is not None and e.port_rule.has_l7]
             if not redirect:
-                return _Outcome(True, "FORWARDED", level, names, f"allowed by {', '.join(names)}")
+                how = (
+                    f"allowed by {', '.join(names)}"
+                    if names
+                    else "the local host may always reach its endpoints"
+                )
+                return _Outcome(True, "FORWARDED", level if names else "none", names, how)
             l7_names = _names(redirect)
             l7_rules = [e for e in allows if e.port_rule is not None and e.port_rule.has_l7]
             free = [e for e in allows if e.port_rule is None or not e.port_rule.has_l7]
@@ -424,17 +431,6 @@ class Evaluator:
                 l7_names,
                 f"redirected to the L7 proxy by {', '.join(l7_names)}; no L7 rule matches "
                 f"{request.text()} ({denial})",
-            )
-        if allows:
-            exact = [e for e in allows if not e.wildcard]
-            top = exact or allows
-            names = _names(top)
-            if names:
-                return _Outcome(
-                    True, "FORWARDED", _match(top), names, f"allowed by {', '.join(names)}"
-                )
-            return _Outcome(
-                True, "FORWARDED", "none", (), "the local host may always reach its endpoints"
             )
         if default_deny:
             return _Outcome(
@@ -505,12 +501,3 @@ def _l7_unknown(port_rule: PortRule | None, request: Request) -> tuple[str, ...]
 
 def _names(entries: Sequence[_Entry]) -> tuple[str, ...]:
     return tuple(sorted({e.policy for e in entries if e.policy}))
-
-
-def _match(entries: Sequence[_Entry]) -> str:
-    """Hubble's policy match type of the winning entry (pkg/monitor/api/types.go)."""
-    specific = any(e.port_specific for e in entries)
-    wildcard = all(e.wildcard for e in entries)
-    if specific:
-        return "L4-Only" if wildcard else "L3-L4"
-    return "all" if wildcard else "L3-Only"

@@ -273,7 +273,8 @@ def dns_matches(name: str, match_name: str = "", match_pattern: str = "") -> boo
 
 class RE2:
     """RE2 full matches, as Envoy applies a rule's method/path/host (HeaderMatcher safe_regex:
-    the whole value must match), answered by DuckDB's RE2 and cached."""
+    the whole value must match), answered by DuckDB's RE2 and cached; `prefetch` answers many
+    pairs in one query."""
 
     def __init__(self) -> None:
         self._con = duckdb.connect(":memory:")
@@ -282,20 +283,40 @@ class RE2:
     def error(self, pattern: str) -> str | None:
         """None if RE2 compiles pattern, else its message."""
         try:
-            self._con.execute("SELECT regexp_full_match('', ?)", [pattern]).fetchall()
+            self._con.execute(f"SELECT regexp_full_match('', {_lit(pattern)})").fetchall()
         except duckdb.Error as exc:
             return str(exc).strip().splitlines()[0]
         return None
+
+    def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Answer every (pattern, text) pair at once."""
+        todo = sorted({p for p in pairs if p not in self._cache})
+        if not todo:
+            return
+        import pyarrow as pa
+
+        table = pa.table({"p": [p for p, _ in todo], "t": [t for _, t in todo]})
+        self._con.register("re2_pairs", table)
+        try:
+            rows = self._con.execute(
+                "SELECT p, t, regexp_full_match(t, p) FROM re2_pairs"
+            ).fetchall()
+        finally:
+            self._con.unregister("re2_pairs")
+        self._cache.update({(p, t): bool(m) for p, t, m in rows})
 
     def full_match(self, pattern: str, text: str) -> bool:
         key = (pattern, text)
         hit = self._cache.get(key)
         if hit is None:
-            hit = bool(
-                self._con.execute("SELECT regexp_full_match(?, ?)", [text, pattern]).fetchone()[0]
-            )
-            self._cache[key] = hit
+            sql = f"SELECT regexp_full_match({_lit(text)}, {_lit(pattern)})"
+            hit = self._cache[key] = bool(self._con.execute(sql).fetchone()[0])
         return hit
 
     def close(self) -> None:
         self._con.close()
+
+
+def _lit(text: str) -> str:
+    """A SQL string literal (constants let DuckDB compile the regex once)."""
+    return "'" + text.replace("'", "''") + "'"

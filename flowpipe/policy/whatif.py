@@ -170,6 +170,7 @@ def run_whatif(
                 )
             finally:
                 con.close()
+        re2.prefetch(_regex_pairs(evaluator, groups))
         decisions = decide_all(evaluator, groups)
     finally:
         re2.close()
@@ -178,6 +179,27 @@ def run_whatif(
     )
     report.notes = _notes(report, evaluator, groups)
     return report
+
+
+def _regex_pairs(evaluator: Evaluator, groups: list[Group], limit: int = 1_000_000):
+    """Every (HTTP rule regex, request value) pair the decisions may ask RE2 about."""
+    fields = {"method": set(), "path": set(), "host": set()}
+    for r in evaluator.rules:
+        for pr in r.peer_rules:
+            for pt in pr.ports or ():
+                for h in pt.http or ():
+                    for name in fields:
+                        if getattr(h, name):
+                            fields[name].add(getattr(h, name))
+    values = {"method": set(), "path": set(), "host": set()}
+    for g in groups:
+        if g.get("k_l7") == "HTTP":
+            values["method"].add(g.get("k_method") or "")
+            values["path"].add(g.get("k_path") or "/")
+            values["host"].add(g.get("k_host") or "")
+    if sum(len(fields[f]) * len(values[f]) for f in fields) > limit:
+        return []  # answered one by one instead
+    return [(p, v) for f in fields for p in fields[f] for v in values[f]]
 
 
 # ------------------------------------------------------------------ connections -> decisions
