@@ -82,7 +82,7 @@ def test_each_stage_predicts_its_own_flows(own, stage: int):
         assert d.verdict.verdict == d.observed, (key(d), d.verdict.reason)
         if d.observed_policies is not None:
             assert d.verdict.policies == d.observed_policies, key(d)
-            assert d.verdict.match == d.example["policy_match"], key(d)
+            assert d.verdict.match == d.group.policy_match, key(d)
     assert not rep.would_deny()
     # replies are no connections: only the services' ports appear
     assert {d.port for d in rep.decisions} <= {53, 80, 443}

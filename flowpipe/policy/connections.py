@@ -3,7 +3,7 @@
 A connection is (cluster, direction as stored, source, destination, port, protocol, L7
 request); source and destination are identities (and, outside the cluster, IPs and names).
 Replies and L7 responses are left out: "replies of allowed connections are not subject to the
-other side's policy". One example flow per connection is fetched afterwards.
+other side's policy". Example flows are fetched afterwards, for the connections shown.
 """
 
 from __future__ import annotations
@@ -62,9 +62,38 @@ _DENIED = f"({_DECISIVE} AND verdict IN ('DROPPED', 'ERROR'))"
 # Requests only: replies out, L7 responses out, and traces whose reply flag is unknown (they
 # may be replies; they show no policy decision anyway).
 _BASE = (
-    "is_reply IS NOT TRUE AND event_type IN (1, 4, 5, 129) "
-    "AND l7_type IS DISTINCT FROM 'RESPONSE' AND NOT (event_type = 4 AND is_reply IS NULL)"
+    "is_reply IS NOT TRUE AND event_type IN (1, 4, 5, 129) AND NOT (event_type = 4 AND "
+    "is_reply IS NULL) AND (event_type <> 129 OR l7_type IS DISTINCT FROM 'RESPONSE')"
 )
+# The scan groups by the view's columns as they are, each computed only for the rows that need
+# it (the enum names of verdicts and drop reasons are long CASEs); the keys are then computed
+# over the far fewer groups.
+_INNER = [
+    ("cluster", "cluster"),
+    ("traffic_direction", "traffic_direction"),
+    ("src_identity", "src_identity"),
+    ("dst_identity", "dst_identity"),
+    ("src_ip", f"CASE WHEN {_WORLD.format(s='src')} THEN src_ip END"),
+    ("dst_ip", f"CASE WHEN {_WORLD.format(s='dst')} THEN dst_ip END"),
+    ("dst_names", f"CASE WHEN {_WORLD.format(s='dst')} THEN dst_names END"),
+    ("dst_port", "dst_port"),
+    ("l4_protocol", "l4_protocol"),
+    ("event_type", "event_type"),
+    ("verdict", "CASE WHEN event_type <> 4 THEN verdict END"),
+    ("drop_reason_desc", "CASE WHEN event_type = 1 THEN drop_reason_desc END"),
+    ("to_proxy", "CASE WHEN event_type = 4 THEN trace_observation_point = 'TO_PROXY' END"),
+    ("l7_protocol", "CASE WHEN event_type = 129 THEN l7_protocol END"),
+    ("http_method", "CASE WHEN event_type = 129 THEN http_method END"),
+    ("http_url", "CASE WHEN event_type = 129 THEN http_url END"),
+    ("dns_query", "CASE WHEN event_type = 129 THEN dns_query END"),
+]
+# what the latest policy verdict of a group names (Hubble fills one of the four lists): read
+# at those verdicts' times only (decoding the policy lists of every flow costs seconds)
+_VERDICT_COLUMNS = (
+    "list_concat(ingress_allowed_by, egress_allowed_by, ingress_denied_by, egress_denied_by)",
+    "policy_match",
+)
+_ENDPOINT_COLUMNS = ("labels", "namespace", "pod", "workload")
 
 
 @dataclass
@@ -80,7 +109,10 @@ class Group:
     verdict: str | None  # of the latest decisive flow
     proxied: bool  # a trace went to the proxy
     example_at: int  # ns: time of the example flow (the latest decisive one, else the latest)
-    example: dict = field(default_factory=dict)  # that flow's row of the flows view
+    verdict_at: int | None = None  # ns: time of the latest policy verdict
+    policy_names: tuple[str, ...] | None = None  # named by the latest policy verdict
+    policy_match: str | None = None  # its match type
+    example: dict = field(default_factory=dict)  # that flow's row (see Scan.examples)
 
     @property
     def observed(self) -> str | None:
@@ -94,6 +126,140 @@ class Group:
 
 
 _INDEX = {name: i for i, (name, _) in enumerate([*KEYS, HOST_KEY, ("k_headers", "")])}
+
+
+class Scan:
+    """The distinct connections of a store's flows in a window, and where to read more of them.
+
+    endpoints: (cluster, 'src' or 'dst', identity) -> labels, namespace, pod and workload of one
+    flow of that identity (an identity's labels are the same on every flow of a cluster)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        clusters: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        host: bool = False,
+        headers: Sequence[str] = (),
+    ):
+        self.con = con
+        self.keys = list(KEYS)
+        self.keys.append(HOST_KEY if host else ("k_host", "NULL"))
+        self.keys.append(header_key(headers) if headers else ("k_headers", "NULL"))
+        self.inner = list(_INNER)
+        if headers:
+            self.inner.append(("http_headers", "CASE WHEN event_type = 129 THEN http_headers END"))
+        self.where, self.params = _filters(clusters, since, until)
+        self.groups = self._group()
+        self.endpoints = self._endpoints()
+        self._verdicts()
+
+    def _group(self) -> list[Group]:
+        inner = ",\n    ".join(f"{expr} AS {name}" for name, expr in self.inner)
+        cols = ",\n  ".join(f"{expr} AS {name}" for name, expr in self.keys)
+        sql = f"""
+WITH g AS (
+  SELECT
+    {inner},
+    count(*) AS n,
+    min(time) AS first,
+    max(time) AS last,
+    max(time) FILTER (WHERE event_type = 5) AS verdict_last
+  FROM flows
+  WHERE {self.where}
+  GROUP BY ALL
+)
+SELECT
+  {cols},
+  sum(n) AS flows,
+  epoch_ns(min(first)) AS first_seen,
+  epoch_ns(max(last)) AS last_seen,
+  coalesce(sum(n) FILTER (WHERE {_DECISIVE}), 0) AS decisive,
+  coalesce(sum(n) FILTER (WHERE {_DENIED}), 0) AS denied,
+  arg_max(verdict, last) FILTER (WHERE {_DECISIVE}) AS verdict,
+  coalesce(bool_or(to_proxy), false) AS proxied,
+  epoch_ns(coalesce(max(last) FILTER (WHERE {_DECISIVE}), max(last))) AS example_at,
+  epoch_ns(max(verdict_last)) AS verdict_at
+FROM g
+GROUP BY ALL"""
+        rows = self.con.execute(sql, self.params).fetchall()
+        n = len(self.keys)
+        groups = [Group(_hashable(r[:n]), *r[n : n + 9]) for r in rows]
+        groups.sort(key=lambda g: tuple("" if v is None else str(v) for v in g.key))
+        return groups
+
+    def _endpoints(self) -> dict[tuple[str, str, int], dict]:
+        """One flow's endpoint columns per identity: at each identity's latest time."""
+        latest: dict[tuple[str, str, int], int] = {}
+        for g in self.groups:
+            for side in ("src", "dst"):
+                k = (g.get("k_cluster"), side, g.get(f"k_{side}_id"))
+                latest[k] = max(latest.get(k, 0), g.last)
+        want = {(c, side, i): t for (c, side, i), t in latest.items()}
+        cols = ", ".join(f"{side}_{c}" for side in ("src", "dst") for c in _ENDPOINT_COLUMNS)
+        out: dict[tuple[str, str, int], dict] = {}
+        for chunk in _chunks(sorted(set(want.values()))):
+            at = ", ".join(_ts_ns(t) for t in chunk)
+            rel = self.con.execute(
+                f"SELECT cluster, coalesce(src_identity, 0), coalesce(dst_identity, 0), "
+                f"epoch_ns(time), {cols} FROM flows WHERE {self.where} AND time IN ({at})",
+                self.params,
+            )
+            for row in rel.fetchall():
+                cluster, ids, at_ns, rest = row[0], row[1:3], row[3], row[4:]
+                for j, side in enumerate(("src", "dst")):
+                    k = (cluster, side, ids[j])
+                    if want.get(k) == at_ns and k not in out:
+                        part = rest[j * len(_ENDPOINT_COLUMNS) : (j + 1) * len(_ENDPOINT_COLUMNS)]
+                        out[k] = dict(zip(_ENDPOINT_COLUMNS, part))
+        return out
+
+    def _at(self, wanted: dict[tuple, int], columns: str) -> dict[tuple, tuple]:
+        """Rows at given times, by group key: wanted is key -> time (ns); columns are read."""
+        out: dict[tuple, tuple] = {}
+        cols = ", ".join(f"{expr} AS {name}" for name, expr in self.keys)
+        n = len(self.keys)
+        for chunk in _chunks(sorted(set(wanted.values()))):
+            at = ", ".join(_ts_ns(t) for t in chunk)
+            rel = self.con.execute(
+                f"SELECT {columns}, epoch_ns(time), {cols} FROM flows "
+                f"WHERE {self.where} AND time IN ({at})",
+                self.params,
+            )
+            for row in rel.fetchall():
+                key = _hashable(row[-n:])
+                if key not in out and wanted.get(key) == row[-n - 1]:
+                    out[key] = row[: -n - 1]
+        return out
+
+    def _verdicts(self) -> None:
+        """The names and match type of each group's latest policy verdict."""
+        wanted = {g.key: g.verdict_at for g in self.groups if g.verdict_at is not None}
+        if not wanted:
+            return
+        got = self._at(wanted, ", ".join(_VERDICT_COLUMNS))
+        for g in self.groups:
+            if g.key in got:
+                names, g.policy_match = got[g.key]
+                g.policy_names = _names(names)
+
+    def examples(self, groups: Sequence[Group]) -> None:
+        """Fill each group's example row (all columns of the flows view) from one query."""
+        todo = {g.key: g for g in groups if not g.example and g.example_at is not None}
+        if not todo:
+            return
+        names = [d[0] for d in self.con.execute("SELECT * FROM flows LIMIT 0").description]
+        got = self._at({k: g.example_at for k, g in todo.items()}, "*")
+        for key, row in got.items():
+            todo[key].example = dict(zip(names, row))
+
+
+def _chunks(values: list, size: int = 5000):
+    """IN lists of a bounded size."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _filters(
@@ -112,83 +278,8 @@ def _filters(
     return " AND ".join(conds), params
 
 
-def group(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    clusters: Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    host: bool = False,
-    headers: Sequence[str] = (),
-) -> list[Group]:
-    """Every distinct connection (per stored direction) with its counts and example flow."""
-    keys = list(KEYS)
-    keys.append(HOST_KEY if host else ("k_host", "NULL"))
-    keys.append(header_key(headers) if headers else ("k_headers", "NULL"))
-    where, params = _filters(clusters, since, until)
-    cols = ",\n  ".join(f"{expr} AS {name}" for name, expr in keys)
-    sql = f"""
-SELECT
-  {cols},
-  count(*) AS flows,
-  epoch_ns(min(time)) AS first_seen,
-  epoch_ns(max(time)) AS last_seen,
-  count(*) FILTER (WHERE {_DECISIVE}) AS decisive,
-  count(*) FILTER (WHERE {_DENIED}) AS denied,
-  arg_max(verdict, time) FILTER (WHERE {_DECISIVE}) AS verdict,
-  coalesce(bool_or(event_type = 4 AND trace_observation_point = 'TO_PROXY'), false) AS proxied,
-  epoch_ns(coalesce(max(time) FILTER (WHERE {_DECISIVE}), max(time))) AS example_at
-FROM flows
-WHERE {where}
-GROUP BY ALL"""
-    rows = con.execute(sql, params).fetchall()
-    n = len(keys)
-    groups = [
-        Group(
-            _hashable(r[:n]),
-            r[n],
-            r[n + 1],
-            r[n + 2],
-            r[n + 3],
-            r[n + 4],
-            r[n + 5],
-            r[n + 6],
-            r[n + 7],
-        )
-        for r in rows
-    ]
-    groups.sort(key=lambda g: tuple("" if v is None else str(v) for v in g.key))
-    _examples(con, groups, keys, where, params)
-    return groups
-
-
-def _examples(
-    con: duckdb.DuckDBPyConnection,
-    groups: list[Group],
-    keys: list[tuple[str, str]],
-    where: str,
-    params: list,
-) -> None:
-    """Each group's example row, from one query over the rows at the examples' times."""
-    times = sorted({g.example_at for g in groups if g.example_at is not None})
-    if not times:
-        return
-    by_key = {g.key: g for g in groups}
-    cols = ", ".join(f"{expr} AS {name}" for name, expr in keys)
-    wanted = {(g.key, g.example_at) for g in groups}
-    for start in range(0, len(times), 5000):  # IN lists of a bounded size
-        at = ", ".join(_ts_ns(t) for t in times[start : start + 5000])
-        rel = con.execute(
-            f"SELECT *, epoch_ns(time) AS k_at, {cols} FROM flows WHERE {where} AND time IN ({at})",
-            params,
-        )
-        names = [d[0] for d in rel.description]
-        n = len(keys)
-        for row in rel.fetchall():
-            key = _hashable(row[len(names) - n :])
-            g = by_key.get(key)
-            if g is not None and not g.example and (key, row[-n - 1]) in wanted:
-                g.example = dict(zip(names[: -n - 1], row[: -n - 1]))
+def _names(value: list | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(sorted(set(value)))
 
 
 def _hashable(values: Sequence[Any]) -> tuple:

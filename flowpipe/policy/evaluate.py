@@ -40,15 +40,15 @@ class Peer:
         extra = sel.RESERVED_LABELS.get(self.identity, ())
         if self.identity >= sel.LOCAL_SCOPE:
             extra = ("reserved:world",)
-        return sel.Labels(self.labels | set(extra))
+        return sel.labels_of(self.labels | frozenset(extra) if extra else self.labels)
 
-    @property
+    @cached_property
     def is_world(self) -> bool:
         """Outside the cluster: a world identity or a CIDR/FQDN one (what CIDR rules select)."""
         raw = self.index.raw
         return bool(raw & sel.WORLD_LABELS) or any(label.startswith("cidr:") for label in raw)
 
-    @property
+    @cached_property
     def is_pod(self) -> bool:
         """A Cilium-managed workload endpoint: the subject of CiliumNetworkPolicy rules."""
         return (

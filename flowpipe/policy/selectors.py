@@ -96,6 +96,19 @@ class Labels:
         return vals[0] if vals else None
 
 
+_LABELS: dict[frozenset[str], Labels] = {}
+
+
+def labels_of(labels: frozenset[str]) -> Labels:
+    """The (cached) index of a label set: identities repeat across connections."""
+    hit = _LABELS.get(labels)
+    if hit is None:
+        if len(_LABELS) > 100_000:
+            _LABELS.clear()
+        hit = _LABELS[labels] = Labels(labels)
+    return hit
+
+
 def requirement_matches(req: Requirement, labels: Labels) -> bool:
     """Kubernetes label selector semantics on Cilium labels (keys carry a source)."""
     values = labels.values(req.source, req.key)

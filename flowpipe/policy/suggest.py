@@ -138,10 +138,10 @@ def suggest(
     with store.read_lock():
         con = catalog.connect(store)
         try:
-            groups = connections.group(con, clusters=names, since=since_dt, until=until_dt)
+            scan = connections.Scan(con, clusters=names, since=since_dt, until=until_dt)
         finally:
             con.close()
-    docs = build(connections_of(groups), namespace, l7=l7)
+    docs = build(connections_of(scan), namespace, l7=l7)
     if not docs:
         raise StoreError(
             f"no allowed flows of pods in namespace {namespace} in the window: nothing to suggest"

@@ -39,21 +39,22 @@ class Decision:
     observed: str | None  # verdict stored in this direction (None: not seen here)
     decided: bool  # observed comes from a policy decision (verdict, policy drop, L7 record)
     verdict: Verdict
-    example: dict = field(default_factory=dict)
+    group: Group | None = None  # the stored flows in this direction
+    shown: Group | None = None  # the group whose example flow is shown (this one, else another)
     seen_allowed: bool = False  # the connection was allowed in some direction
 
     @property
+    def example(self) -> dict:
+        """The example flow (a row of the flows view), once fetched (WhatIfReport.examples)."""
+        return self.shown.example if self.shown is not None else {}
+
+    @property
     def observed_policies(self) -> tuple[str, ...] | None:
-        """The policy names the stored policy verdict carries (None: no verdict stored here)."""
-        ex = self.example
-        if self.observed is None or ex.get("event_type") != 5:
+        """The policy names the latest stored policy verdict carries (None: no verdict here, or
+        one without names: Hubble before policy correlation)."""
+        if self.group is None or self.request is not None:
             return None
-        if ex.get("traffic_direction") != self.direction:
-            return None
-        side = "ingress" if self.direction == INGRESS else "egress"
-        kind = "denied" if self.observed == "DROPPED" else "allowed"
-        # no names on an allowed verdict: Hubble without policy correlation (before 1.13)
-        return tuple(sorted(ex.get(f"{side}_{kind}_by") or ())) or None
+        return self.group.policy_names or None
 
     @property
     def other_policies(self) -> bool:
@@ -130,8 +131,10 @@ def run_whatif(
     clusters: Sequence[str] | None = None,
     stream: TextIO | None = None,
     memory_limit: str | None = None,
+    examples: int = 20,
 ) -> WhatIfReport:
-    """Load the policies of paths and decide every distinct connection stored in the window."""
+    """Load the policies of paths and decide every distinct connection stored in the window;
+    examples: example flows fetched for the first that many of each cluster's lists."""
     since_dt = parse_time(since, "--since") if since is not None else None
     until_dt = parse_time(until, "--until") if until is not None else None
     for c in clusters or ():
@@ -165,20 +168,37 @@ def run_whatif(
         with store.read_lock():
             con = catalog.connect(store, memory_limit=memory_limit)
             try:
-                groups = connections.group(
+                scan = connections.Scan(
                     con, clusters=names, since=since_dt, until=until_dt, host=host, headers=headers
                 )
+                re2.prefetch(_regex_pairs(evaluator, scan.groups))
+                decisions = decide_all(evaluator, scan)
+                scan.examples(_shown(decisions, examples))
             finally:
                 con.close()
-        re2.prefetch(_regex_pairs(evaluator, groups))
-        decisions = decide_all(evaluator, groups)
     finally:
         re2.close()
     report = WhatIfReport(
         files, parsed.policies, decisions, names, since_dt, until_dt, dict(parsed.skipped)
     )
-    report.notes = _notes(report, evaluator, groups)
+    report.notes = _notes(report, evaluator, scan.groups)
     return report
+
+
+def _shown(decisions: list[Decision], per_list: int) -> list[Group]:
+    """The groups whose example flows the report shows: the first per_list of each cluster's
+    changes, unknowns and decisions by other policies."""
+    taken: dict[tuple[str, str], int] = {}
+    out = []
+    for d in decisions:
+        kind = "other" if d.other_policies else d.change
+        if kind == "same" or d.shown is None:
+            continue
+        n = taken.get((d.cluster, kind), 0)
+        if n < per_list:
+            taken[(d.cluster, kind)] = n + 1
+            out.append(d.shown)
+    return out
 
 
 def _regex_pairs(evaluator: Evaluator, groups: list[Group], limit: int = 1_000_000):
@@ -206,17 +226,18 @@ def _regex_pairs(evaluator: Evaluator, groups: list[Group], limit: int = 1_000_0
 
 
 def _peer(row: dict, side: str, group: Group) -> Peer:
-    labels = frozenset(row.get(f"{side}_labels") or ())
+    """A connection's source or destination from its identity's endpoint row and the key."""
+    labels = frozenset(row.get("labels") or ())
     identity = group.get(f"k_{side}_id") or 0
-    ns = row.get(f"{side}_namespace") or ""
+    ns = row.get("namespace") or ""
     ip = group.get(f"k_{side}_ip") or ""
     names = tuple(group.get("k_dst_names") or ()) if side == "dst" else ()
     probe = Peer(identity, labels, ns, ip, names)
     ns = ns or probe.index.get(sel.NAMESPACE_KEY) or ""
-    return Peer(identity, labels, ns, ip, names, _display(probe, row, side, ns))
+    return Peer(identity, labels, ns, ip, names, _display(probe, row, ns))
 
 
-def _display(peer: Peer, row: dict, side: str, ns: str) -> str:
+def _display(peer: Peer, row: dict, ns: str) -> str:
     if peer.is_world or peer.identity == 0:
         what = ", ".join(peer.names) or peer.ip or "?"
         if peer.names and peer.ip:
@@ -226,20 +247,10 @@ def _display(peer: Peer, row: dict, side: str, ns: str) -> str:
         if peer.identity == reserved:
             return name
     idx = peer.index
-    workload = row.get(f"{side}_workload") or next(
-        (
-            v
-            for v in (
-                idx.get("app.kubernetes.io/name"),
-                idx.get("app"),
-                idx.get("k8s-app"),
-                idx.get("name"),
-            )
-            if v
-        ),
-        None,
-    )
-    workload = workload or row.get(f"{side}_pod") or f"ID:{peer.identity}"
+    # labels first: the same on every flow of the identity (a workload name is only on some)
+    keys = ("app.kubernetes.io/name", "app", "k8s-app", "name")
+    workload = next((v for v in map(idx.get, keys) if v), None)
+    workload = workload or row.get("workload") or row.get("pod") or f"ID:{peer.identity}"
     return f"{ns}/{workload}" if ns else str(workload)
 
 
@@ -276,7 +287,7 @@ class Connection:
 
     @property
     def main(self) -> Group:
-        return max(self.groups.values(), key=lambda g: (bool(g.example), g.flows))
+        return max(self.groups.values(), key=lambda g: (g.decisive, g.flows))
 
     def allowed(self) -> bool:
         """Observed allowed wherever it was seen (no stored direction denied it)."""
@@ -284,23 +295,31 @@ class Connection:
         return bool(seen) and all(v in ALLOWED_VERDICTS for v in seen)
 
 
-def connections_of(groups: list[Group]) -> list[Connection]:
+def connections_of(scan: connections.Scan) -> list[Connection]:
     """Groups of the same connection (every stored direction) together, with their peers."""
     by_conn: dict[tuple, dict[str, Group]] = {}
-    for g in groups:
+    for g in scan.groups:
         conn = g.key[:1] + g.key[2:]  # everything but the stored direction
         by_conn.setdefault(conn, {})[g.get("k_dir")] = g
     out = []
+    peers: dict[tuple, Peer] = {}  # the same identity (and IP, names) is one Peer
+
+    def peer(cluster: str, side: str, g: Group) -> Peer:
+        ident = (cluster, side, g.get(f"k_{side}_id"))
+        k = (*ident, g.get(f"k_{side}_ip"), g.get("k_dst_names") if side == "dst" else None)
+        hit = peers.get(k)
+        if hit is None:
+            hit = peers[k] = _peer(scan.endpoints.get(ident, {}), side, g)
+        return hit
+
     for per_dir in by_conn.values():
-        main = max(per_dir.values(), key=lambda g: (bool(g.example), g.flows))
-        row = next(
-            (g.example for g in per_dir.values() if g.example.get("src_labels")), main.example
-        )
+        main = max(per_dir.values(), key=lambda g: (g.decisive, g.flows))
+        cluster = main.get("k_cluster")
         out.append(
             Connection(
-                cluster=main.get("k_cluster"),
-                src=_peer(row, "src", main),
-                dst=_peer(row, "dst", main),
+                cluster=cluster,
+                src=peer(cluster, "src", main),
+                dst=peer(cluster, "dst", main),
                 port=main.get("k_port"),
                 protocol=main.get("k_proto"),
                 request=_request(main),
@@ -310,12 +329,13 @@ def connections_of(groups: list[Group]) -> list[Connection]:
     return out
 
 
-def decide_all(evaluator: Evaluator, groups: list[Group]) -> list[Decision]:
+def decide_all(evaluator: Evaluator, scan: connections.Scan) -> list[Decision]:
     """One decision per connection and enforcement point the connection passes."""
+    groups = scan.groups
     dns_visible = {
         (g.get("k_cluster"), g.get("k_src_id")) for g in groups if g.get("k_l7") == "DNS"
     }
-    conns = connections_of(groups)
+    conns = connections_of(scan)
     # L4 connections whose requests the flows show (each decided as its own connection)
     with_requests = {
         (c.cluster, c.src.identity, c.dst.identity, c.port, c.protocol, d)
@@ -371,7 +391,8 @@ def decide_all(evaluator: Evaluator, groups: list[Group]) -> list[Decision]:
                     observed=g.observed if g is not None else None,
                     decided=bool(g is not None and g.decisive),
                     verdict=verdict,
-                    example=(g.example if g is not None else None) or main.example,
+                    group=g,
+                    shown=g or main,
                     seen_allowed=seen_allowed,
                 )
             )

@@ -70,8 +70,11 @@ def _policies(field_name: str, what: str) -> list[tuple[str, str, str]]:
 
 
 def _l4_protocol() -> str:
+    # one leaf tells a present record (its plain scalars are set, 0 by default): `l4.TCP IS NOT
+    # NULL` would make DuckDB read every leaf of the record, flags included
     names = ("TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "VRRP", "IGMP")
-    whens = " ".join(f"WHEN l4.{n} IS NOT NULL THEN '{n}'" for n in names)
+    leaf = {"TCP": "source_port", "UDP": "source_port", "SCTP": "source_port"}
+    whens = " ".join(f"WHEN l4.{n}.{leaf.get(n, 'type')} IS NOT NULL THEN '{n}'" for n in names)
     return f"(CASE {whens} END)"
 
 
