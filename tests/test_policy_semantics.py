@@ -126,7 +126,7 @@ ALLOW_DNS = cnp(
 INTRO = "https://docs.cilium.io/en/stable/security/policy/intro/"
 L3 = "https://docs.cilium.io/en/stable/security/policy/layer3/"
 L4 = "https://docs.cilium.io/en/stable/security/policy/layer4/"
-L7 = "https://docs.cilium.io/en/stable/security/policy/language/#layer-7-examples"
+L7 = "https://docs.cilium.io/en/stable/security/policy/layer7/"
 DENY = "https://docs.cilium.io/en/stable/security/policy/deny/"
 K8S = "https://docs.cilium.io/en/stable/security/policy/kubernetes/"
 
