@@ -132,7 +132,9 @@ def test_default_deny_yaml_is_named(tmp_path: Path):
 def test_unknown_fields_are_notes(tmp_path: Path):
     text = CNP.format(name="typo").replace("- toEntities: [world]", "- toEntity: [world]")
     (p,) = load(text, tmp=tmp_path).policies
-    assert p.notes == [f"{tmp_path}/p.yaml:9: unknown field egress[0].toEntity: the API server drops it"]
+    assert p.notes == [
+        f"{tmp_path}/p.yaml:9: unknown field egress[0].toEntity: the API server drops it"
+    ]
     # what is left is an empty rule: egress default deny, nothing allowed
     assert p.rules[0].enables_default_deny(EGRESS)
 
@@ -147,7 +149,9 @@ def test_unknown_fields_are_notes(tmp_path: Path):
             "p.yaml:1: CiliumNetworkPolicy without metadata.name",
         ),
         (
-            CNP.format(name="x").replace("endpointSelector: {}", "endpointSelector: {}\n  nodeSelector: {}"),
+            CNP.format(name="x").replace(
+                "endpointSelector: {}", "endpointSelector: {}\n  nodeSelector: {}"
+            ),
             "p.yaml:7: a spec needs exactly one of endpointSelector and nodeSelector",
         ),
         (
