@@ -148,6 +148,50 @@ class Case:
     dns_visible: bool = True
 
 
+ALLOW_CLIENT = cnp(
+    "allow-client",
+    """
+endpointSelector: {matchLabels: {app: backend}}
+ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]
+""",
+)
+DENY_80 = cnp(
+    "deny-80",
+    """
+endpointSelector: {matchLabels: {app: backend}}
+ingressDeny: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+""",
+)
+ANY_POD = cnp(
+    "any-pod",
+    """
+         endpointSelector: {matchLabels: {app: backend}}
+         ingress: [{fromEndpoints: [{}]}]
+         """,
+    kind="CiliumClusterwideNetworkPolicy",
+)
+SVC = cnp(
+    "svc",
+    """
+         endpointSelector: {matchLabels: {app: frontend}}
+         egress: [{toServices: [{k8sService: {serviceName: backend, namespace: shop}}]}]
+         """,
+)
+HDR = cnp(
+    "hdr",
+    """
+         endpointSelector: {matchLabels: {app: backend}}
+         ingress: [{toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: PUT, path: /path2, headers: ["X-My-Header: true"]}]}}]}]
+         """,
+)
+TO_WORLD = cnp("to-world", "endpointSelector: {}\negress: [{toEntities: [world]}]")
+TO_CLUSTER = cnp("to-cluster", "endpointSelector: {}\negress: [{toEntities: [cluster]}]")
+FQDN_NAME = cnp("fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchName: example.com}]}]")
+FQDN_PATTERN = cnp(
+    "fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchPattern: '*.cilium.io'}]}]"
+)
+KNP_DENY = knp("deny", "podSelector: {}\npolicyTypes: [Ingress]")
+
 CASES = [
     # ---- default deny per direction
     Case(
@@ -304,20 +348,8 @@ CASES = [
     Case(
         "deny-port-beats-l3-allow",
         [
-            cnp(
-                "allow-client",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]
-         """,
-            ),
-            cnp(
-                "deny-80",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingressDeny: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
-         """,
-            ),
+            ALLOW_CLIENT,
+            DENY_80,
         ],
         "INGRESS",
         BE,
@@ -331,20 +363,8 @@ CASES = [
     Case(
         "deny-other-port-allowed",
         [
-            cnp(
-                "allow-client",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]
-         """,
-            ),
-            cnp(
-                "deny-80",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingressDeny: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
-         """,
-            ),
+            ALLOW_CLIENT,
+            DENY_80,
         ],
         "INGRESS",
         BE,
@@ -357,15 +377,7 @@ CASES = [
     ),
     Case(
         "deny-only-is-default-deny",
-        [
-            cnp(
-                "deny-80",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingressDeny: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
-         """,
-            )
-        ],
+        [DENY_80],
         "INGRESS",
         BE,
         FE,
@@ -461,16 +473,7 @@ CASES = [
     ),
     Case(
         "ccnp-empty-selector-pods-only",
-        [
-            cnp(
-                "any-pod",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingress: [{fromEndpoints: [{}]}]
-         """,
-                kind="CiliumClusterwideNetworkPolicy",
-            )
-        ],
+        [ANY_POD],
         "INGRESS",
         BE,
         world("8.8.8.8"),
@@ -481,16 +484,7 @@ CASES = [
     ),
     Case(
         "ccnp-empty-selector-any-namespace",
-        [
-            cnp(
-                "any-pod",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingress: [{fromEndpoints: [{}]}]
-         """,
-                kind="CiliumClusterwideNetworkPolicy",
-            )
-        ],
+        [ANY_POD],
         "INGRESS",
         BE,
         OTHER_FE,
@@ -521,7 +515,7 @@ CASES = [
     # ---- entities
     Case(
         "entity-world",
-        [cnp("to-world", "endpointSelector: {}\negress: [{toEntities: [world]}]")],
+        [TO_WORLD],
         "EGRESS",
         FE,
         world("1.1.1.1"),
@@ -533,7 +527,7 @@ CASES = [
     ),
     Case(
         "entity-world-not-pods",
-        [cnp("to-world", "endpointSelector: {}\negress: [{toEntities: [world]}]")],
+        [TO_WORLD],
         "EGRESS",
         FE,
         BE,
@@ -544,7 +538,7 @@ CASES = [
     ),
     Case(
         "entity-cluster",
-        [cnp("to-cluster", "endpointSelector: {}\negress: [{toEntities: [cluster]}]")],
+        [TO_CLUSTER],
         "EGRESS",
         FE,
         DNS,
@@ -555,7 +549,7 @@ CASES = [
     ),
     Case(
         "entity-cluster-not-world",
-        [cnp("to-cluster", "endpointSelector: {}\negress: [{toEntities: [cluster]}]")],
+        [TO_CLUSTER],
         "EGRESS",
         FE,
         world("1.1.1.1"),
@@ -652,7 +646,7 @@ CASES = [
     # ---- FQDN
     Case(
         "fqdn-match-name",
-        [cnp("fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchName: example.com}]}]")],
+        [FQDN_NAME],
         "EGRESS",
         FE,
         world("93.184.215.14", "example.com"),
@@ -663,7 +657,7 @@ CASES = [
     ),
     Case(
         "fqdn-pattern-one-label",
-        [cnp("fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchPattern: '*.cilium.io'}]}]")],
+        [FQDN_PATTERN],
         "EGRESS",
         FE,
         world("1.2.3.4", "sub.cilium.io"),
@@ -674,7 +668,7 @@ CASES = [
     ),
     Case(
         "fqdn-pattern-not-two-labels",
-        [cnp("fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchPattern: '*.cilium.io'}]}]")],
+        [FQDN_PATTERN],
         "EGRESS",
         FE,
         world("1.2.3.4", "sub.sub.cilium.io"),
@@ -701,7 +695,7 @@ CASES = [
     ),
     Case(
         "fqdn-no-name-seen",
-        [cnp("fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchName: example.com}]}]")],
+        [FQDN_NAME],
         "EGRESS",
         FE,
         world("1.1.1.1"),
@@ -712,7 +706,7 @@ CASES = [
     ),
     Case(
         "fqdn-no-dns-visibility",
-        [cnp("fqdn", "endpointSelector: {}\negress: [{toFQDNs: [{matchName: example.com}]}]")],
+        [FQDN_NAME],
         "EGRESS",
         FE,
         world("93.184.215.14"),
@@ -946,15 +940,7 @@ CASES = [
     ),
     Case(
         "l7-header",
-        [
-            cnp(
-                "hdr",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingress: [{toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: PUT, path: /path2, headers: ["X-My-Header: true"]}]}}]}]
-         """,
-            )
-        ],
+        [HDR],
         "INGRESS",
         BE,
         FE,
@@ -966,15 +952,7 @@ CASES = [
     ),
     Case(
         "l7-header-missing",
-        [
-            cnp(
-                "hdr",
-                """
-         endpointSelector: {matchLabels: {app: backend}}
-         ingress: [{toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: PUT, path: /path2, headers: ["X-My-Header: true"]}]}}]}]
-         """,
-            )
-        ],
+        [HDR],
         "INGRESS",
         BE,
         FE,
@@ -1104,15 +1082,7 @@ CASES = [
     # ---- constructs not evaluated
     Case(
         "to-services-unknown",
-        [
-            cnp(
-                "svc",
-                """
-         endpointSelector: {matchLabels: {app: frontend}}
-         egress: [{toServices: [{k8sService: {serviceName: backend, namespace: shop}}]}]
-         """,
-            )
-        ],
+        [SVC],
         "EGRESS",
         FE,
         BE,
@@ -1125,13 +1095,7 @@ CASES = [
         "to-services-other-allow",
         [
             FE_EGRESS_BE,
-            cnp(
-                "svc",
-                """
-         endpointSelector: {matchLabels: {app: frontend}}
-         egress: [{toServices: [{k8sService: {serviceName: backend, namespace: shop}}]}]
-         """,
-            ),
+            SVC,
         ],
         "EGRESS",
         FE,
@@ -1180,7 +1144,7 @@ CASES = [
     # ---- Kubernetes NetworkPolicy (as Cilium translates it)
     Case(
         "knp-default-deny-ingress",
-        [knp("deny", "podSelector: {}\npolicyTypes: [Ingress]")],
+        [KNP_DENY],
         "INGRESS",
         BE,
         FE,
@@ -1191,7 +1155,7 @@ CASES = [
     ),
     Case(
         "knp-default-deny-not-egress",
-        [knp("deny", "podSelector: {}\npolicyTypes: [Ingress]")],
+        [KNP_DENY],
         "EGRESS",
         FE,
         world("1.1.1.1"),

@@ -8,7 +8,7 @@ other side's policy". Example flows are fetched afterwards, for the connections 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -197,41 +197,37 @@ GROUP BY ALL"""
             for side in ("src", "dst"):
                 k = (g.get("k_cluster"), side, g.get(f"k_{side}_id"))
                 latest[k] = max(latest.get(k, 0), g.last)
-        want = {(c, side, i): t for (c, side, i), t in latest.items()}
         cols = ", ".join(f"{side}_{c}" for side in ("src", "dst") for c in _ENDPOINT_COLUMNS)
+        select = f"cluster, coalesce(src_identity, 0), coalesce(dst_identity, 0), {cols}"
         out: dict[tuple[str, str, int], dict] = {}
-        for chunk in _chunks(sorted(set(want.values()))):
+        width = len(_ENDPOINT_COLUMNS)
+        for at_ns, row in self._rows_at(latest.values(), select):
+            for j, side in enumerate(("src", "dst")):
+                k = (row[0], side, row[1 + j])
+                if latest.get(k) == at_ns and k not in out:
+                    out[k] = dict(zip(_ENDPOINT_COLUMNS, row[3 + j * width : 3 + (j + 1) * width]))
+        return out
+
+    def _rows_at(self, times: Iterable[int], select: str) -> Iterator[tuple[int, tuple]]:
+        """(time in ns, row of select) of the window's request flows at the given times."""
+        for chunk in _chunks(sorted(set(times))):
             at = ", ".join(_ts_ns(t) for t in chunk)
             rel = self.con.execute(
-                f"SELECT cluster, coalesce(src_identity, 0), coalesce(dst_identity, 0), "
-                f"epoch_ns(time), {cols} FROM flows WHERE {self.where} AND time IN ({at})",
+                f"SELECT epoch_ns(time), {select} FROM flows WHERE {self.where} AND time IN ({at})",
                 self.params,
             )
             for row in rel.fetchall():
-                cluster, ids, at_ns, rest = row[0], row[1:3], row[3], row[4:]
-                for j, side in enumerate(("src", "dst")):
-                    k = (cluster, side, ids[j])
-                    if want.get(k) == at_ns and k not in out:
-                        part = rest[j * len(_ENDPOINT_COLUMNS) : (j + 1) * len(_ENDPOINT_COLUMNS)]
-                        out[k] = dict(zip(_ENDPOINT_COLUMNS, part))
-        return out
+                yield row[0], row[1:]
 
     def _at(self, wanted: dict[tuple, int], columns: str) -> dict[tuple, tuple]:
         """Rows at given times, by group key: wanted is key -> time (ns); columns are read."""
         out: dict[tuple, tuple] = {}
-        cols = ", ".join(f"{expr} AS {name}" for name, expr in self.keys)
         n = len(self.keys)
-        for chunk in _chunks(sorted(set(wanted.values()))):
-            at = ", ".join(_ts_ns(t) for t in chunk)
-            rel = self.con.execute(
-                f"SELECT {columns}, epoch_ns(time), {cols} FROM flows "
-                f"WHERE {self.where} AND time IN ({at})",
-                self.params,
-            )
-            for row in rel.fetchall():
-                key = _hashable(row[-n:])
-                if key not in out and wanted.get(key) == row[-n - 1]:
-                    out[key] = row[: -n - 1]
+        select = f"{columns}, " + ", ".join(f"{expr} AS {name}" for name, expr in self.keys)
+        for at_ns, row in self._rows_at(wanted.values(), select):
+            key = _hashable(row[-n:])
+            if key not in out and wanted.get(key) == at_ns:
+                out[key] = row[:-n]
         return out
 
     def _verdicts(self) -> None:

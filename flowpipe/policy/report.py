@@ -92,12 +92,14 @@ def render_text(report: WhatIfReport) -> str:
 
 def _block(d: Decision) -> list[str]:
     v = d.verdict
-    seen = f"stored {d.observed}" if d.observed else "not seen at this point"
     predicted = v.verdict or v.predicted
-    span = f"{_when(d.first)} to {_when(d.last)}" if d.first is not None else "no flows"
+    span = f"{_when(d.first)} to {_when(d.last)}"
+    if d.observed:
+        seen = f"{d.flows} flow{'s' if d.flows != 1 else ''} ({span}), stored {d.observed}"
+    else:  # decided at a point the flows never reached (dropped before, or not collected)
+        seen = f"not seen at this point (the connection: {span})"
     out = [
-        f"  {d.direction} {d.where()}: {d.flows} flow{'s' if d.flows != 1 else ''} "
-        f"({span}), {seen}, would be {predicted}",
+        f"  {d.direction} {d.where()}: {seen}, would be {predicted}",
         f"    why: {v.reason}" if v.reason else "    why: depends on constructs not evaluated",
     ]
     if v.policies:

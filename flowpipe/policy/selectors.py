@@ -11,6 +11,7 @@ from functools import lru_cache
 import duckdb
 
 from flowpipe.policy.model import Requirement, Selector
+from flowpipe.serve.filters import _go_ip  # the one net.ParseIP
 
 # Tri-state results: a construct flowpipe does not evaluate makes a match MAYBE.
 NO, YES, MAYBE = 0, 1, 2
@@ -214,13 +215,8 @@ def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 @lru_cache(maxsize=65536)
 def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    """net.ParseIP (IPv4-mapped IPv6 as IPv4), as Hubble's IP filters read addresses."""
+    return _go_ip(text)
 
 
 def cidr_matches(cidr: str, excepts: Iterable[str], ip: str | None) -> bool:

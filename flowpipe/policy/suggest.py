@@ -20,11 +20,11 @@ from pathlib import Path
 import yaml
 
 from flowpipe.errors import ConfigError, FlowpipeError, StoreError
-from flowpipe.policy import connections, schema
+from flowpipe.policy import schema
 from flowpipe.policy import selectors as sel
 from flowpipe.policy.evaluate import Peer
 from flowpipe.policy.model import EGRESS, INGRESS
-from flowpipe.policy.whatif import Connection, connections_of
+from flowpipe.policy.whatif import Connection, connections_of, scan_store
 from flowpipe.rules.check import parse_time
 from flowpipe.store.layout import Store, check_cluster
 from flowpipe.views import catalog
@@ -138,7 +138,7 @@ def suggest(
     with store.read_lock():
         con = catalog.connect(store)
         try:
-            scan = connections.Scan(con, clusters=names, since=since_dt, until=until_dt)
+            scan = scan_store(store, con, clusters=names, since=since_dt, until=until_dt)
         finally:
             con.close()
     docs = build(connections_of(scan), namespace, l7=l7)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
+import duckdb
+
 from flowpipe.errors import StoreError
 from flowpipe.policy import connections, loader, parse
 from flowpipe.policy import selectors as sel
@@ -168,8 +170,14 @@ def run_whatif(
         with store.read_lock():
             con = catalog.connect(store, memory_limit=memory_limit)
             try:
-                scan = connections.Scan(
-                    con, clusters=names, since=since_dt, until=until_dt, host=host, headers=headers
+                scan = scan_store(
+                    store,
+                    con,
+                    clusters=names,
+                    since=since_dt,
+                    until=until_dt,
+                    host=host,
+                    headers=headers,
                 )
                 re2.prefetch(_regex_pairs(evaluator, scan.groups))
                 decisions = decide_all(evaluator, scan)
@@ -183,6 +191,15 @@ def run_whatif(
     )
     report.notes = _notes(report, evaluator, scan.groups)
     return report
+
+
+def scan_store(store: Store, con, **kw) -> connections.Scan:
+    """The store's connections; a DuckDB failure is a store problem named in one line."""
+    try:
+        return connections.Scan(con, **kw)
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"store {store.root}: cannot read the flows: {first}") from exc
 
 
 def _shown(decisions: list[Decision], per_list: int) -> list[Group]:
