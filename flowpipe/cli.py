@@ -561,7 +561,12 @@ def policy_whatif(paths, store_path, since, until, clusters, fmt) -> None:
     from flowpipe.policy import report, whatif
 
     result = whatif.run_whatif(
-        open_store(store_path), list(paths), since=since, until=until, clusters=clusters or None
+        open_store(store_path),
+        list(paths),
+        since=since,
+        until=until,
+        clusters=clusters or None,
+        examples=0 if fmt == "json" else 20,  # JSON has no example flows
     )
     click.echo(report.render(result, fmt), nl=False)
     if fmt == "json":
