@@ -52,6 +52,7 @@ BENCHMARKS = [
         ["--flows", "50000", "--repeat", "1", "--stream-copies", "3"],
         1800,
     ),
+    ("policy_speed", "policy_speed.py", [], ["--flows", "1000000", "--repeat", "1"], 1800),
 ]
 
 

@@ -94,6 +94,40 @@ _VERDICT_COLUMNS = (
     "policy_match",
 )
 _ENDPOINT_COLUMNS = ("labels", "namespace", "pod", "workload")
+# what codec.hubble.compact_line_row prints (reading every column of those rows costs seconds)
+EXAMPLE_COLUMNS = (
+    "time",
+    "event_type",
+    "event_subtype",
+    "l7_type",
+    "l7_protocol",
+    "dns_observation_source",
+    "policy_match",
+    "policy_match_type",
+    "traffic_direction",
+    "is_reply",
+    "verdict",
+    "summary",
+    "auth_type",
+    "ingress_allowed_by",
+    "egress_allowed_by",
+    "ingress_denied_by",
+    "egress_denied_by",
+    *(
+        f"{side}_{c}"
+        for side in ("src", "dst")
+        for c in (
+            "ip",
+            "port",
+            "identity",
+            "namespace",
+            "pod",
+            "service",
+            "service_namespace",
+            "names",
+        )
+    ),
+)
 
 
 @dataclass
@@ -242,14 +276,13 @@ GROUP BY ALL"""
                 g.policy_names = _names(names)
 
     def examples(self, groups: Sequence[Group]) -> None:
-        """Fill each group's example row (all columns of the flows view) from one query."""
+        """Fill each group's example row (the flows view's columns a hubble line shows)."""
         todo = {g.key: g for g in groups if not g.example and g.example_at is not None}
         if not todo:
             return
-        names = [d[0] for d in self.con.execute("SELECT * FROM flows LIMIT 0").description]
-        got = self._at({k: g.example_at for k, g in todo.items()}, "*")
+        got = self._at({k: g.example_at for k, g in todo.items()}, ", ".join(EXAMPLE_COLUMNS))
         for key, row in got.items():
-            todo[key].example = dict(zip(names, row))
+            todo[key].example = dict(zip(EXAMPLE_COLUMNS, row))
 
 
 def _chunks(values: list, size: int = 5000):
