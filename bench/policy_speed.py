@@ -17,7 +17,6 @@ import bigstore
 from common import load_note, save_result
 
 from flowpipe.policy import connections, whatif
-from flowpipe.views import catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "deploy" / "kubernetes" / "lab"
@@ -53,14 +52,13 @@ class _Timed:
 def one_run(store) -> tuple[float, float, dict[str, float], whatif.WhatIfReport]:
     timer = _Timed()
     originals = [
-        (catalog, "connect", timer.wrap(catalog, "connect", "views")),
+        (whatif, "open_views", timer.wrap(whatif, "open_views", "views")),
         (connections.Scan, "_group", timer.wrap(connections.Scan, "_group", "group in SQL")),
         (
             connections.Scan,
-            "_endpoints",
-            timer.wrap(connections.Scan, "_endpoints", "endpoint labels"),
+            "_details",
+            timer.wrap(connections.Scan, "_details", "endpoint labels and verdict names"),
         ),
-        (connections.Scan, "_verdicts", timer.wrap(connections.Scan, "_verdicts", "verdict names")),
         (connections.Scan, "examples", timer.wrap(connections.Scan, "examples", "examples")),
         (whatif, "decide_all", timer.wrap(whatif, "decide_all", "decide")),
     ]

@@ -187,8 +187,8 @@ class Scan:
             self.inner.append(("http_headers", "CASE WHEN event_type = 129 THEN http_headers END"))
         self.where, self.params = _filters(clusters, since, until)
         self.groups = self._group()
-        self.endpoints = self._endpoints()
-        self._verdicts()
+        self.endpoints: dict[tuple[str, str, int], dict] = {}
+        self._details()
 
     def _group(self) -> list[Group]:
         inner = ",\n    ".join(f"{expr} AS {name}" for name, expr in self.inner)
@@ -224,23 +224,37 @@ GROUP BY ALL"""
         groups.sort(key=lambda g: tuple("" if v is None else str(v) for v in g.key))
         return groups
 
-    def _endpoints(self) -> dict[tuple[str, str, int], dict]:
-        """One flow's endpoint columns per identity: at each identity's latest time."""
+    def _details(self) -> None:
+        """In one read of the rows at chosen times: each identity's endpoint columns (at its
+        latest flow) and the names and match type of each group's latest policy verdict."""
         latest: dict[tuple[str, str, int], int] = {}
         for g in self.groups:
             for side in ("src", "dst"):
                 k = (g.get("k_cluster"), side, g.get(f"k_{side}_id"))
                 latest[k] = max(latest.get(k, 0), g.last)
-        cols = ", ".join(f"{side}_{c}" for side in ("src", "dst") for c in _ENDPOINT_COLUMNS)
-        select = f"cluster, coalesce(src_identity, 0), coalesce(dst_identity, 0), {cols}"
-        out: dict[tuple[str, str, int], dict] = {}
-        width = len(_ENDPOINT_COLUMNS)
-        for at_ns, row in self._rows_at(latest.values(), select):
+        verdicts = {g.key: g for g in self.groups if g.verdict_at is not None}
+        width, n = len(_ENDPOINT_COLUMNS), len(self.keys)
+        select = ", ".join(
+            [
+                "cluster",
+                "coalesce(src_identity, 0)",
+                "coalesce(dst_identity, 0)",
+                *(f"{side}_{c}" for side in ("src", "dst") for c in _ENDPOINT_COLUMNS),
+                *_VERDICT_COLUMNS,
+                *(f"{expr} AS {name}" for name, expr in self.keys),
+            ]
+        )
+        times = [*latest.values(), *(g.verdict_at for g in verdicts.values())]
+        for at_ns, row in self._rows_at(times, select):
             for j, side in enumerate(("src", "dst")):
                 k = (row[0], side, row[1 + j])
-                if latest.get(k) == at_ns and k not in out:
-                    out[k] = dict(zip(_ENDPOINT_COLUMNS, row[3 + j * width : 3 + (j + 1) * width]))
-        return out
+                if latest.get(k) == at_ns and k not in self.endpoints:
+                    part = row[3 + j * width : 3 + (j + 1) * width]
+                    self.endpoints[k] = dict(zip(_ENDPOINT_COLUMNS, part))
+            g = verdicts.get(_hashable(row[-n:]))
+            if g is not None and g.verdict_at == at_ns and g.policy_match is None:
+                names, g.policy_match = row[3 + 2 * width : 5 + 2 * width]
+                g.policy_names = _names(names)
 
     def _rows_at(self, times: Iterable[int], select: str) -> Iterator[tuple[int, tuple]]:
         """(time in ns, row of select) of the window's request flows at the given times."""
@@ -263,17 +277,6 @@ GROUP BY ALL"""
             if key not in out and wanted.get(key) == at_ns:
                 out[key] = row[:-n]
         return out
-
-    def _verdicts(self) -> None:
-        """The names and match type of each group's latest policy verdict."""
-        wanted = {g.key: g.verdict_at for g in self.groups if g.verdict_at is not None}
-        if not wanted:
-            return
-        got = self._at(wanted, ", ".join(_VERDICT_COLUMNS))
-        for g in self.groups:
-            if g.key in got:
-                names, g.policy_match = got[g.key]
-                g.policy_names = _names(names)
 
     def examples(self, groups: Sequence[Group]) -> None:
         """Fill each group's example row (the flows view's columns a hubble line shows)."""

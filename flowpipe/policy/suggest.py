@@ -24,10 +24,9 @@ from flowpipe.policy import schema
 from flowpipe.policy import selectors as sel
 from flowpipe.policy.evaluate import Peer
 from flowpipe.policy.model import EGRESS, INGRESS
-from flowpipe.policy.whatif import Connection, connections_of, scan_store
+from flowpipe.policy.whatif import Connection, connections_of, open_views, scan_store
 from flowpipe.rules.check import parse_time
 from flowpipe.store.layout import Store, check_cluster
-from flowpipe.views import catalog
 
 # identity labels that name a pod, a revision or Cilium's own metadata, not a workload
 _NOT_WORKLOAD = (
@@ -136,7 +135,7 @@ def suggest(
     if not names:
         raise StoreError(f"store {store.root} has no clusters yet: run collect or import first")
     with store.read_lock():
-        con = catalog.connect(store)
+        con = open_views(store, names, since_dt, until_dt)
         try:
             scan = scan_store(store, con, clusters=names, since=since_dt, until=until_dt)
         finally:

@@ -16,7 +16,8 @@ from flowpipe.policy.connections import Group
 from flowpipe.policy.evaluate import ALLOWED, DENIED, UNKNOWN, Evaluator, Peer, Request, Verdict
 from flowpipe.policy.model import EGRESS, INGRESS, Policy, Unsupported
 from flowpipe.rules.check import parse_time
-from flowpipe.store.layout import Store, check_cluster
+from flowpipe.rules.sandbox import window_files
+from flowpipe.store.layout import EVENTS, FLOWS, Store, check_cluster
 from flowpipe.views import catalog
 
 ALLOWED_VERDICTS = ("FORWARDED", "REDIRECTED", "AUDIT")
@@ -168,7 +169,7 @@ def run_whatif(
             for h in pt.http or ()
         )
         with store.read_lock():
-            con = catalog.connect(store, memory_limit=memory_limit)
+            con = open_views(store, names, since_dt, until_dt, memory_limit=memory_limit)
             try:
                 scan = scan_store(
                     store,
@@ -193,13 +194,47 @@ def run_whatif(
     return report
 
 
+def open_views(
+    store: Store,
+    clusters: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    memory_limit: str | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store's views over the clusters' files of the window only
+    (as `flowpipe check` reads them: files of one schema are read without union_by_name)."""
+    since_ns = int(since.timestamp() * 1e9) if since else None
+    until_ns = int(until.timestamp() * 1e9) if until else None
+    files = {
+        kind: list(
+            dict.fromkeys(
+                f for c in clusters for f in window_files(store, kind, c, since_ns, until_ns)
+            )
+        )
+        for kind in (FLOWS, EVENTS)
+    }
+    same = frozenset(kind for kind, paths in files.items() if catalog.same_schema(paths))
+    con = duckdb.connect(":memory:", config={"memory_limit": memory_limit} if memory_limit else {})
+    try:
+        for stmt in catalog.view_sql(store, files=files, same_schema=same):
+            con.execute(stmt)
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreError(f"store {store.root}: cannot read the flows: {_first_line(exc)}") from exc
+    return con
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def scan_store(store: Store, con, **kw) -> connections.Scan:
     """The store's connections; a DuckDB failure is a store problem named in one line."""
     try:
         return connections.Scan(con, **kw)
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"store {store.root}: cannot read the flows: {first}") from exc
+        raise StoreError(f"store {store.root}: cannot read the flows: {_first_line(exc)}") from exc
 
 
 def _shown(decisions: list[Decision], per_list: int) -> list[Group]:
