@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from flowpipe.rules.check import _ts_ns  # the one TIMESTAMPTZ_NS literal helper
+from flowpipe.common.sql import quote, timestamp_literal
 
 # flows from outside the cluster keep their IP (CIDR rules) and names (toFQDNs); identity 0 is
 # an unknown peer: its IP is kept too
@@ -44,7 +44,7 @@ HOST_KEY = ("k_host", f"CASE WHEN event_type = 129 AND l7_protocol = 'HTTP' THEN
 
 def header_key(names: Sequence[str]) -> tuple[str, str]:
     """The request headers the policies name, as a sorted list of 'name: value'."""
-    quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in sorted(set(names)))
+    quoted = ", ".join(quote(n) for n in sorted(set(names)))
     return (
         "k_headers",
         "CASE WHEN event_type = 129 AND l7_protocol = 'HTTP' THEN CASE WHEN len(http_headers) = 0 "
@@ -259,7 +259,7 @@ GROUP BY ALL"""
     def _rows_at(self, times: Iterable[int], select: str) -> Iterator[tuple[int, tuple]]:
         """(time in ns, row of select) of the window's request flows at the given times."""
         for chunk in _chunks(sorted(set(times))):
-            at = ", ".join(_ts_ns(t) for t in chunk)
+            at = ", ".join(timestamp_literal(t) for t in chunk)
             rel = self.con.execute(
                 f"SELECT epoch_ns(time), {select} FROM flows WHERE {self.where} AND time IN ({at})",
                 self.params,

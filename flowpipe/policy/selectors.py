@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import duckdb
 
+from flowpipe.common.sql import quote
+from flowpipe.common.text import first_line
 from flowpipe.policy.model import Requirement, Selector
 from flowpipe.serve.filters import _go_ip  # the one net.ParseIP
 
@@ -292,9 +294,9 @@ class RE2:
     def error(self, pattern: str) -> str | None:
         """None if RE2 compiles pattern, else its message."""
         try:
-            self._con.execute(f"SELECT regexp_full_match('', {_lit(pattern)})").fetchall()
-        except duckdb.Error as exc:
-            return str(exc).strip().splitlines()[0]
+            self._con.execute(f"SELECT regexp_full_match('', {quote(pattern)})").fetchall()
+        except (duckdb.Error, ValueError) as exc:  # ValueError: a NUL, which SQL cannot hold
+            return first_line(exc)
         return None
 
     def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
@@ -318,14 +320,13 @@ class RE2:
         key = (pattern, text)
         hit = self._cache.get(key)
         if hit is None:
-            sql = f"SELECT regexp_full_match({_lit(text)}, {_lit(pattern)})"
-            hit = self._cache[key] = bool(self._con.execute(sql).fetchone()[0])
+            try:
+                sql = f"SELECT regexp_full_match({quote(text)}, {quote(pattern)})"
+            except ValueError:  # a NUL in the request: no regex of a rule matches it
+                hit = self._cache[key] = False
+            else:
+                hit = self._cache[key] = bool(self._con.execute(sql).fetchone()[0])
         return hit
 
     def close(self) -> None:
         self._con.close()
-
-
-def _lit(text: str) -> str:
-    """A SQL string literal (constants let DuckDB compile the regex once)."""
-    return "'" + text.replace("'", "''") + "'"

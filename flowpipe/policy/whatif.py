@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 import duckdb
 
+from flowpipe.common.sql import datetime_ns
+from flowpipe.common.text import first_line
 from flowpipe.errors import StoreError
 from flowpipe.policy import connections, loader, parse
 from flowpipe.policy import selectors as sel
@@ -204,8 +206,8 @@ def open_views(
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the store's views over the clusters' files of the window only
     (as `flowpipe check` reads them: files of one schema are read without union_by_name)."""
-    since_ns = int(since.timestamp() * 1e9) if since else None
-    until_ns = int(until.timestamp() * 1e9) if until else None
+    since_ns = datetime_ns(since) if since else None
+    until_ns = datetime_ns(until) if until else None
     files = {
         kind: list(
             dict.fromkeys(
@@ -223,12 +225,8 @@ def open_views(
             con.execute(stmt)
     except duckdb.Error as exc:
         con.close()
-        raise StoreError(f"store {store.root}: cannot read the flows: {_first_line(exc)}") from exc
+        raise StoreError(f"store {store.root}: cannot read the flows: {first_line(exc)}") from exc
     return con
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def scan_store(store: Store, con, **kw) -> connections.Scan:
@@ -236,7 +234,7 @@ def scan_store(store: Store, con, **kw) -> connections.Scan:
     try:
         return connections.Scan(con, **kw)
     except duckdb.Error as exc:
-        raise StoreError(f"store {store.root}: cannot read the flows: {_first_line(exc)}") from exc
+        raise StoreError(f"store {store.root}: cannot read the flows: {first_line(exc)}") from exc
 
 
 def _shown(decisions: list[Decision], per_list: int) -> list[Group]:
