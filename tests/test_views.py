@@ -104,3 +104,23 @@ def test_same_schema_compares_footers(tmp_path):
     con = duckdb.connect()
     got = con.execute(f"SELECT count(*) FROM read_parquet({paths})").fetchone()
     assert got == (4,)
+
+
+def test_l4_protocol_of_empty_records(store):
+    """l4_protocol reads one leaf per record: a record present with every field at its default
+    (TCP{} without ports) still names its protocol."""
+    from flowpipe.api.observer import observer_pb2
+    from flowpipe.codec import decode, storage
+
+    kinds = ("TCP", "UDP", "SCTP", "ICMPv4", "ICMPv6", "VRRP", "IGMP", None)
+    raw = []
+    for i, kind in enumerate(kinds):
+        r = observer_pb2.GetFlowsResponse()
+        r.flow.time.seconds, r.flow.node_name = 1_700_000_000 + i, "c/n"
+        if kind:
+            getattr(r.flow.l4, kind).SetInParent()
+        raw.append(r.SerializeToString())
+    flows, events = decode.split_responses(decode.decode_responses(raw))
+    store.write("c", storage.to_storage(flows), events)
+    _, rows = query.fetch(store, "SELECT l4_protocol FROM flows ORDER BY time")
+    assert [r[0] for r in rows] == list(kinds)
