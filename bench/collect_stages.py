@@ -45,7 +45,9 @@ def receive_cost(n: int) -> dict[str, float]:
                 cpu["t1"], cpu["w1"] = time.thread_time(), time.perf_counter()
                 stream.stop()
 
-        stream = FlowStream(relay, cfg, resume_since=lambda: 1_000_000_000, on_message=on_message)
+        stream = FlowStream(
+            relay, cfg, resume_since=lambda _attempt: 1_000_000_000, on_message=on_message
+        )
         t = threading.Thread(target=stream.run, daemon=True)
         t.start()
         t.join(timeout=300)

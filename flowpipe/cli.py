@@ -12,8 +12,8 @@ import click
 
 from flowpipe import __version__
 from flowpipe.errors import FlowpipeError
-from flowpipe.store.layout import ENV as STORE_ENV
-from flowpipe.store.layout import Store
+
+STORE_ENV = "FLOWPIPE_STORE"  # read by Store.open too; kept here so that start-up stays light
 
 # Exit codes shared by every command.
 EXIT_OK = 0
@@ -24,6 +24,13 @@ EXIT_ERROR = 2  # the command could not do its job (bad input, no store, unreach
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
     click.echo(f"flowpipe: error: {message}", err=True)
     sys.exit(code)
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as one line (click's own take three), exit 2."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"flowpipe: error: {self.format_message()}", err=True)
 
 
 def handle_errors(fn):
@@ -49,6 +56,89 @@ def handle_errors(fn):
     return wrapper
 
 
+# ---- stop signals during start-up
+
+_held_signals: list[int] = []
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _hold(signum, frame) -> None:
+    _held_signals.append(signum)
+
+
+def on_stop_signal(callback) -> None:
+    """Call callback at SIGINT/SIGTERM, and now if one arrived while the program was starting."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: callback())
+    if _held_signals:
+        callback()
+
+
+def _default_signals() -> None:
+    """Default handling again; a stop signal held during start-up takes effect now."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _held_signals:
+        os.kill(os.getpid(), _held_signals[0])
+
+
+# ---- commands: repeated options are refused, never silently reduced to the last one
+
+
+class Command(click.Command):
+    """A flowpipe command: a single-valued option given twice is an error, not 'the last wins'.
+
+    graceful=True: the command stops cleanly on SIGINT/SIGTERM and takes the signals held since
+    the program started (on_stop_signal); other commands get the default handling back."""
+
+    def __init__(self, *args, graceful: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graceful = graceful
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_repeats(self, ctx, args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        if not self.graceful and signal.getsignal(signal.SIGTERM) is _hold:
+            _default_signals()
+        return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """A flowpipe command group: its commands and subgroups are flowpipe Commands and Groups."""
+
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_repeats(self, ctx, args)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_repeats(cmd: click.Command, ctx: click.Context, args: list[str]) -> None:
+    """Raise a one-line usage error when a single-valued option (not a flag) is given twice."""
+    if ctx.resilient_parsing:
+        return
+    parser = cmd.make_parser(ctx)
+    try:
+        _, _, order = parser.parse_args(args=list(args))
+    except click.UsageError:
+        return  # click reports it in the real parse
+    seen: set[str] = set()
+    for param in order:
+        if not isinstance(param, click.Option) or param.multiple or param.count:
+            continue
+        if param.is_flag:
+            continue  # --quiet --quiet still means quiet
+        if param.name in seen:
+            name = max(param.opts, key=len)
+            raise OneLineUsageError(
+                f"{name} given more than once; give it once (it takes one value)", ctx
+            )
+        seen.add(param.name)
+
+
 store_option = click.option(
     "--store",
     "store_path",
@@ -58,11 +148,15 @@ store_option = click.option(
 )
 
 
-def open_store(path: str | None, create: bool = False) -> Store:
+def open_store(path: str | None, create: bool = False):
+    from flowpipe.store.layout import Store
+
     return Store.open(path, create=create)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="flowpipe")
 def main() -> None:
     """flowpipe: Hubble flow analytics for Cilium zero-trust rollouts.
@@ -76,6 +170,14 @@ def main() -> None:
         flowpipe collect --store ./store --plaintext --relay cluster1=localhost:4245
         flowpipe check stage5.sql --store ./store --since 15m
     """
+
+
+def run() -> None:
+    """The program: stop signals are held from the first moment until a command takes them."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _hold)
+    main()
 
 
 # ---------------------------------------------------------------- query
@@ -142,7 +244,7 @@ def setup_logging(quiet: bool) -> None:
     )
 
 
-@main.command()
+@main.command(graceful=True)
 @click.option(
     "--relay",
     "relays",
@@ -178,12 +280,27 @@ def setup_logging(quiet: bool) -> None:
 @click.option(
     "--allow",
     "allow",
-    help="Server-side allowlist: JSON FlowFilter(s) as `hubble observe --print-raw-filters` prints, or a file.",
+    multiple=True,
+    metavar="FILTERS",
+    help="Server-side allowlist (repeatable): JSON FlowFilter(s), a JSON list, "
+    "`hubble observe --print-raw-filters` output, or a file of them. A flow is kept if it "
+    "matches any allow filter and no deny filter.",
 )
-@click.option("--deny", "deny", help="Server-side denylist, same forms as --allow.")
+@click.option(
+    "--deny",
+    "deny",
+    multiple=True,
+    metavar="FILTERS",
+    help="Server-side denylist (repeatable), same forms as --allow.",
+)
+@click.option(
+    "--print-raw-filters",
+    is_flag=True,
+    help="Print the allowlist and denylist each relay is asked for, as hubble prints them, and exit.",
+)
 @click.option(
     "--since",
-    help="First start only: how far back to ask Relay (e.g. 1h, 'now'); default: all it holds.",
+    help="First start only: how far back to ask Relay (1h, 'now' or RFC 3339); default: all it holds.",
 )
 @click.option(
     "--flush-interval", help="Commit buffered flows at least this often (default 2s, max 5s)."
@@ -212,91 +329,43 @@ def setup_logging(quiet: bool) -> None:
 @click.option("--keep", help="Retention for automatic compaction, e.g. 7d (default: keep all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines, warnings and errors only.")
 @handle_errors
-def collect(
-    relays,
-    config_file,
-    store_path,
-    plaintext,
-    ca_files,
-    cert_file,
-    key_file,
-    server_name,
-    allow,
-    deny,
-    since,
-    flush_interval,
-    flush_rows,
-    max_buffer,
-    keepalive,
-    idle_timeout,
-    backoff_max,
-    resume_overlap,
-    metrics_listen,
-    keep,
-    quiet,
-) -> None:
+def collect(config_file, store_path, print_raw_filters, **flags) -> None:
     """Stream flows from every cluster's Hubble Relay into the store until Ctrl-C.
 
     Resumes after errors and restarts from the newest stored flow of each cluster, dropping
-    the duplicates the overlap causes. SIGINT/SIGTERM flush and exit 0.
+    the duplicates the overlap causes. SIGINT/SIGTERM flush and exit 0. Durations: 250ms,
+    30s, 5m, 1h30m, 7d, 2w or seconds.
 
     Example:
 
+    \b
         cilium hubble port-forward &
         flowpipe collect --store ./store --plaintext --relay cluster1=localhost:4245
+        flowpipe collect --relay c1=localhost:4245 --plaintext --print-raw-filters \\
+            --allow '{"source_pod":["shop/"]}' --allow '{"destination_pod":["shop/"]}'
     """
+    stop = threading.Event()
+    on_stop_signal(stop.set)  # from here on a stop signal is a clean stop, even during start-up
     from flowpipe.ingest import collector as collect_mod
     from flowpipe.ingest import config as cfgmod
 
-    cfg = (
-        cfgmod.from_dict(cfgmod.load_file(config_file), config_file)
-        if config_file
-        else cfgmod.CollectConfig()
-    )
-    tls = cfgmod.TLSConfig(
-        enabled=not plaintext,
-        ca_files=list(ca_files),
-        cert_file=cert_file,
-        key_file=key_file,
-        server_name=server_name,
-    )
-    allow_f = cfgmod.parse_filters(allow, "--allow") if allow else []
-    deny_f = cfgmod.parse_filters(deny, "--deny") if deny else []
-    for text in relays:
-        cluster, address = cfgmod.parse_relay(text)
-        cfg.relays.append(cfgmod.RelayConfig(cluster, address, tls=tls, allow=allow_f, deny=deny_f))
-    for name, value in (
-        ("flush_interval", flush_interval),
-        ("keepalive", keepalive),
-        ("idle_timeout", idle_timeout),
-        ("backoff_max", backoff_max),
-        ("resume_overlap", resume_overlap),
-        ("keep", keep),
-    ):
-        if value is not None:
-            setattr(cfg, name, cfgmod.parse_duration(value, f"--{name.replace('_', '-')}"))
-    if flush_rows is not None:
-        cfg.flush_rows = flush_rows
-    if max_buffer is not None:
-        cfg.max_buffer_bytes = cfgmod.parse_size(max_buffer, "--max-buffer")
-    cfg.since = since if since is not None else cfg.since
-    cfg.metrics_listen = metrics_listen or cfg.metrics_listen
-    cfg.quiet = quiet or cfg.quiet
-    cfg.store = store_path or cfg.store
-    cfgmod.validate(cfg)
+    cfg = cfgmod.load(config_file, store=store_path, **flags)
+    if print_raw_filters:
+        click.echo(cfgmod.raw_filters_yaml(cfg.relays), nl=False)
+        return
     setup_logging(cfg.quiet)
     store = open_store(cfg.store, create=True)
-    collector = collect_mod.Collector(cfg, store)
+    collector = collect_mod.Collector(cfg, store, stop=stop)
     if cfg.metrics_listen:
         from flowpipe.export import metrics
 
         metrics.serve(collector.registry, cfg.metrics_listen)
-    unstored = collector.run()
+    unstored = collector.run(install_signals=False)
     if unstored:
         _fail(f"{unstored} flows could not be stored (see the errors above)", EXIT_FAILED)
 
 
-@main.command()
+@main.command(graceful=True)
 @store_option
 @click.option("--keep", help="Remove hour partitions older than this, e.g. 7d.")
 @click.option(
@@ -323,13 +392,12 @@ def compact(
 
         flowpipe compact --store ./store --keep 7d
     """
-    from flowpipe.ingest.config import parse_duration
+    stop = threading.Event()  # SIGTERM/SIGINT: drop the unfinished merge, keep what is swapped
+    on_stop_signal(stop.set)
+    from flowpipe.common.units import parse_duration
     from flowpipe.store import compact as compact_mod
 
     store = open_store(store_path)
-    stop = threading.Event()  # SIGTERM/SIGINT: drop the unfinished merge, keep what is swapped
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     report = compact_mod.compact(
         store,
         keep=parse_duration(keep, "--keep") if keep else None,
@@ -945,8 +1013,8 @@ def export(
         flowpipe export --rules queries/ --store ./store --listen 0.0.0.0:9965 --interval 30s --window 5m
         curl -s localhost:9965/metrics | grep flowpipe_stage_conformant
     """
+    from flowpipe.common.units import parse_duration
     from flowpipe.export import exporter as export_mod
-    from flowpipe.ingest.config import parse_duration
 
     setup_logging(quiet)
     store = open_store(store_path, create=bool(collect_config))
@@ -1019,7 +1087,7 @@ def demo(work_dir, stage, variant, broken, rate, duration, prometheus_bin) -> No
         flowpipe demo
         flowpipe demo --variant allow-all-left --broken-cluster cluster2 --duration 120s
     """
-    from flowpipe.ingest.config import parse_duration
+    from flowpipe.common.units import parse_duration
     from flowpipe.lab import demo as demo_mod
 
     demo_mod.run(
@@ -1035,4 +1103,4 @@ def demo(work_dir, stage, variant, broken, rate, duration, prometheus_bin) -> No
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -10,132 +10,127 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 NAMESPACE = "flowpipe"
 
 
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """One metric of `flowpipe collect`: a live prometheus_client instrument, labelled by cluster."""
+
+    name: str  # without the flowpipe_ prefix (counters without _total)
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ("cluster",)
+    buckets: tuple[float, ...] = ()  # histograms only
+
+    def create(self, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+        """The instrument, registered in registry."""
+        cls = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[self.kind]
+        extra = {"buckets": self.buckets} if self.buckets else {}
+        return cls(
+            self.name,
+            self.help,
+            list(self.labels),
+            namespace=NAMESPACE,
+            registry=registry,
+            **extra,
+        )
+
+
+# attribute of CollectorMetrics -> spec
+COLLECTOR_METRICS: dict[str, InstrumentSpec] = {
+    "flows_received": InstrumentSpec(
+        "collector_flows_received", "counter", "Flows received from Relay."
+    ),
+    "flows_stored": InstrumentSpec(
+        "collector_flows_stored", "counter", "Flows committed to the store."
+    ),
+    "duplicates": InstrumentSpec(
+        "collector_duplicate_flows",
+        "counter",
+        "Flows dropped as duplicates (overlap after a resume).",
+    ),
+    "malformed": InstrumentSpec(
+        "collector_malformed_responses",
+        "counter",
+        "GetFlows responses that could not be decoded.",
+    ),
+    "lost_events": InstrumentSpec(
+        "collector_lost_events",
+        "counter",
+        "Events Relay/Hubble reported lost (LostEvent.num_events_lost), by source.",
+        ("cluster", "source"),
+    ),
+    "node_status": InstrumentSpec(
+        "collector_node_status_events",
+        "counter",
+        "Relay node status events, by state.",
+        ("cluster", "state"),
+    ),
+    "relay_connected": InstrumentSpec(
+        "collector_relay_connected",
+        "gauge",
+        "1 while the GetFlows stream of the cluster's relay is open.",
+    ),
+    "reconnects": InstrumentSpec(
+        "collector_reconnects", "counter", "Times the stream was re-dialled."
+    ),
+    "attempts_without_progress": InstrumentSpec(
+        "collector_attempts_without_progress",
+        "gauge",
+        "Stream attempts in a row that the relay or network cut before they brought a new flow "
+        "(0 after any progress); 3 or more: the relay is not getting past what is stored.",
+    ),
+    "stream_errors": InstrumentSpec(
+        "collector_stream_errors",
+        "counter",
+        "Stream failures by gRPC status code (or 'idle' for the watchdog).",
+        ("cluster", "code"),
+    ),
+    "flush_errors": InstrumentSpec(
+        "collector_flush_errors",
+        "counter",
+        "Failed commits to the store (e.g. disk full); the flows stay buffered and are retried.",
+    ),
+    "buffered": InstrumentSpec(
+        "collector_buffered_flows", "gauge", "Flows received but not yet committed."
+    ),
+    "last_flush": InstrumentSpec(
+        "collector_last_flush_timestamp_seconds",
+        "gauge",
+        "When flows of the cluster were last committed.",
+    ),
+    "newest_flow": InstrumentSpec(
+        "collector_newest_flow_timestamp_seconds",
+        "gauge",
+        "Time of the newest flow committed for the cluster.",
+    ),
+    "flush_seconds": InstrumentSpec(
+        "collector_flush_duration_seconds",
+        "histogram",
+        "Time to decode, deduplicate and commit one batch.",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ),
+    "store_bytes": InstrumentSpec(
+        "collector_store_written_bytes", "counter", "Bytes of Parquet committed to the store."
+    ),
+}
+
+
 class CollectorMetrics:
-    """Metrics of `flowpipe collect`, labelled by cluster (and a small fixed second label)."""
+    """The instruments of COLLECTOR_METRICS as attributes (metrics.flows_stored.labels(c).inc())."""
 
     def __init__(self, registry: CollectorRegistry):
-        ns = NAMESPACE
-        self.flows_received = Counter(
-            "collector_flows_received",
-            "Flows received from Relay.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.flows_stored = Counter(
-            "collector_flows_stored",
-            "Flows committed to the store.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.duplicates = Counter(
-            "collector_duplicate_flows",
-            "Flows dropped as duplicates (overlap after a resume).",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.malformed = Counter(
-            "collector_malformed_responses",
-            "GetFlows responses that could not be decoded.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.lost_events = Counter(
-            "collector_lost_events",
-            "Events Relay/Hubble reported lost (LostEvent.num_events_lost), by source.",
-            ["cluster", "source"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.node_status = Counter(
-            "collector_node_status_events",
-            "Relay node status events, by state.",
-            ["cluster", "state"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.relay_connected = Gauge(
-            "collector_relay_connected",
-            "1 while the GetFlows stream of the cluster's relay is open.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.reconnects = Counter(
-            "collector_reconnects",
-            "Times the stream was re-dialled.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.stream_errors = Counter(
-            "collector_stream_errors",
-            "Stream failures by gRPC status code (or 'idle' for the watchdog).",
-            ["cluster", "code"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.flush_errors = Counter(
-            "collector_flush_errors",
-            "Failed commits to the store (e.g. disk full); the flows stay buffered and are retried.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.buffered = Gauge(
-            "collector_buffered_flows",
-            "Flows received but not yet committed.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.last_flush = Gauge(
-            "collector_last_flush_timestamp_seconds",
-            "When flows of the cluster were last committed.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.newest_flow = Gauge(
-            "collector_newest_flow_timestamp_seconds",
-            "Time of the newest flow committed for the cluster.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
-        self.flush_seconds = Histogram(
-            "collector_flush_duration_seconds",
-            "Time to decode, deduplicate and commit one batch.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self.store_bytes = Counter(
-            "collector_store_written_bytes",
-            "Bytes of Parquet committed to the store.",
-            ["cluster"],
-            namespace=ns,
-            registry=registry,
-        )
+        for attr, spec in COLLECTOR_METRICS.items():
+            setattr(self, attr, spec.create(registry))
 
     def init_cluster(self, cluster: str) -> None:
-        """Create the cluster's series at zero so dashboards see them before the first event."""
-        for m in (
-            self.flows_received,
-            self.flows_stored,
-            self.duplicates,
-            self.malformed,
-            self.reconnects,
-            self.flush_errors,
-            self.store_bytes,
-        ):
-            m.labels(cluster)
-        self.relay_connected.labels(cluster).set(0)
-        self.buffered.labels(cluster).set(0)
+        """Create the cluster's series at zero so dashboards see them before the first event
+        (not the timestamps: a zero there would read as 'last flush in 1970')."""
+        for attr, spec in COLLECTOR_METRICS.items():
+            if (
+                spec.labels == ("cluster",)
+                and spec.kind != "histogram"
+                and not spec.name.endswith("_timestamp_seconds")
+            ):
+                getattr(self, attr).labels(cluster)
 
 
 # ---- `flowpipe export`: families rebuilt after every evaluation (see flowpipe/export.py)

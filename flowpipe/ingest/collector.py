@@ -17,12 +17,15 @@ import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry
 
 from flowpipe.codec import decode, storage
+from flowpipe.common import times
+from flowpipe.common.throttle import LogThrottle, Tally
 from flowpipe.errors import FlowpipeError, StoreError
 from flowpipe.export.metrics import CollectorMetrics
-from flowpipe.ingest.config import CollectConfig, RelayConfig, parse_duration
+from flowpipe.ingest.config import CollectConfig, RelayConfig
 from flowpipe.ingest.dedup import Deduper
+from flowpipe.ingest.resume import Attempt, ResumePoint
 from flowpipe.ingest.stream import FatalStreamError, FlowStream
-from flowpipe.store.layout import Store, now_ns
+from flowpipe.store.layout import Store
 from flowpipe.store.writer import StreamWriter
 
 log = logging.getLogger("flowpipe.collect")
@@ -43,7 +46,7 @@ LOST_SOURCES = {
 
 
 DECODE_BATCH = 8192  # rows decoded (and written as one row group) at a time
-RESEND_SLACK_NS = 2_000_000_000  # flows of a resend can arrive this far out of time order
+STUCK_WARN_AFTER = 3  # attempts in a row cut before anything new: WARNING (and the metric's alert)
 
 
 class CollectError(FlowpipeError):
@@ -51,60 +54,84 @@ class CollectError(FlowpipeError):
 
 
 @dataclass
+class Inbox:
+    """Raw responses on their way from the stream thread to the flusher."""
+
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    # The receiving thread appends without the lock (deque.append is atomic); the flusher pops.
+    rows: deque = field(default_factory=deque)
+    nbytes: int = 0  # approximate bytes of rows (back-pressure)
+    first_at: float = 0.0  # when the oldest row arrived
+    sync_requested: bool = False  # a re-dial waits until every row is decoded (resume point)
+
+    def take(self, n: int) -> list[bytes]:
+        """The n oldest rows, out of the inbox."""
+        rows = [self.rows.popleft() for _ in range(n)]
+        self.nbytes -= sum(map(len, rows))
+        return rows
+
+    def clear(self) -> int:
+        """Drop every row; return how many there were."""
+        n = len(self.rows)
+        self.rows.clear()
+        self.nbytes = 0
+        return n
+
+
+@dataclass
+class StoreTrouble:
+    """After a failed commit: the stream pauses, and what was dropped is asked for again."""
+
+    failing: bool = False  # since the last failure, no commit has worked yet
+    paused: bool = False  # until the stream re-dials: drop what still arrives
+    unstored: int = 0  # flows dropped since the last successful commit
+    failures: int = 0
+    retry_at: float = 0.0  # next attempt to commit
+    delay: float = 0.0
+
+
+@dataclass
 class ClusterState:
     """What the collector holds for one cluster between receiving and committing."""
 
     relay: RelayConfig
-    deduper: Deduper
-    lock: threading.Condition = field(default_factory=threading.Condition)
-    # The receiving thread appends without a lock (deque.append is atomic); the flusher pops.
-    rows: deque = field(default_factory=deque)
-    rows_bytes: int = 0  # approximate bytes of rows (back-pressure)
-    first_row_at: float = 0.0
-    writer: StreamWriter | None = None  # open files of decoded, deduplicated, uncommitted flows
+    resume: ResumePoint
+    writer: StreamWriter  # open files of decoded, deduplicated, uncommitted flows
+    logs: LogThrottle  # repeated warnings of this cluster: one line per key and interval
+    deduper: Deduper = field(default_factory=Deduper)
     pending_keys: list = field(default_factory=list)  # dedup keys of the rows in the open files
-    newest_ns: int | None = None  # newest flow time decoded (resume point)
-    committed_ns: int | None = (
-        None  # newest flow time committed (resume point after a store failure)
-    )
-    unstored: int = 0  # flows dropped by store failures since the last successful commit
-    failures: int = 0
-    resend_until: int | None = (
-        None  # after a (re)connect: keep dedup keys until flows pass this time
-    )
-    stream_newest: int | None = None  # newest flow time decoded since the last (re)connect
-    paused: bool = (
-        False  # after a store failure, until the stream re-dials: drop what still arrives
-    )
+    inbox: Inbox = field(default_factory=Inbox)
+    trouble: StoreTrouble = field(default_factory=StoreTrouble)
     stored: int = 0
     lost: int = 0
-    window_flows: int = 0
+    window_flows: int = 0  # stored since the last progress line
     stream: FlowStream | None = None
     thread: threading.Thread | None = None
     fatal: str | None = None
-    sync_requested: bool = False
-    last_error: str = ""
-    last_error_logged: float = 0.0
-    retry_at: float = 0.0  # next attempt to commit after a store failure
-    retry_delay: float = 0.0
-    store_error_logged: float = 0.0
-    error_repeats: int = 0
 
     @property
     def buffered(self) -> int:
-        return len(self.rows) + (self.writer.rows if self.writer else 0)
+        return len(self.inbox.rows) + self.writer.rows
 
 
 class Collector:
-    """Runs the streams and the flush loop; stop() (or SIGINT/SIGTERM) flushes and returns."""
+    """Runs the streams and the flush loop; stop() (or SIGINT/SIGTERM, or setting `stop`) flushes
+    and returns."""
 
-    def __init__(self, cfg: CollectConfig, store: Store, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        cfg: CollectConfig,
+        store: Store,
+        registry: CollectorRegistry | None = None,
+        *,
+        stop: threading.Event | None = None,
+    ):
         self.cfg = cfg
         self.store = store
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.clusters: dict[str, ClusterState] = {}
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()  # may be set before run(): it then returns at once
         self._wake = threading.Event()
         self.fatal: str | None = None
         self._compactor: subprocess.Popen | None = None
@@ -118,110 +145,120 @@ class Collector:
             log.info("removed %d temporary files left by an interrupted writer", n)
 
         for relay in self.cfg.relays:
-            st = ClusterState(
-                relay=relay, deduper=Deduper(), writer=StreamWriter(self.store, relay.cluster)
-            )
             last = self.store.last_time(relay.cluster)
+            st = ClusterState(
+                relay=relay,
+                resume=ResumePoint(last, int(self.cfg.resume_overlap * 1e9)),
+                writer=StreamWriter(self.store, relay.cluster),
+                logs=LogThrottle(self.cfg.log_every),
+            )
             if last is not None:
-                st.newest_ns = st.committed_ns = last
                 log.info("[%s] resuming after %s", relay.cluster, _fmt_ns(last))
             self.metrics.init_cluster(relay.cluster)
             self.clusters[relay.cluster] = st
 
-    def _since(self, st: ClusterState) -> int | None:
+    def _since(self, st: ClusterState, attempt: Attempt | None) -> int | None:
         # Called by the stream thread before each dial: let the flusher decode what is
         # buffered first, so the resume point covers every flow already received.
         deadline = time.monotonic() + 5
-        with st.lock:
-            if st.rows:
-                st.sync_requested = True  # flush() clears it once every row is decoded
+        inbox = st.inbox
+        with inbox.lock:
+            if inbox.rows:
+                inbox.sync_requested = True  # flush() clears it once every row is decoded
                 self._wake.set()
-            while st.sync_requested and not self._stop.is_set() and time.monotonic() < deadline:
-                st.lock.wait(0.1)
-            since = self._resume_point(st)
-            resend = since is not None and st.newest_ns is not None  # something was had before
-            if resend:
-                # Relay will send again what it sent after `since`: keep dedup keys until the
-                # new stream is past what we had (plus slack for flows out of time order)
-                st.resend_until = (st.newest_ns or 0) + RESEND_SLACK_NS
-                st.stream_newest = None
-        if resend and st.committed_ns is not None:
+            while inbox.sync_requested and not self._stop.is_set() and time.monotonic() < deadline:
+                inbox.lock.wait(0.1)
+            if not inbox.sync_requested:  # every flow of the last attempt is decoded
+                self._judge(st, attempt)
+            since = st.resume.next_since()
+            if since is None:
+                since = self._first_since()
+        if st.resume.resend_until is not None and st.resume.committed_ns is not None:
             # stored keys of the overlap; the decoded but uncommitted ones are in the deduper
             keys = self.store.keys_between(st.relay.cluster, since)
-            st.deduper.remember(keys, at_ns=st.newest_ns or 0)
-        st.paused = False  # about to dial from the resume point: what comes now is wanted
+            st.deduper.remember(keys, at_ns=st.resume.newest_ns or 0)
+        st.trouble.paused = False  # about to dial from the resume point: what comes now is wanted
         return since
 
-    def _resume_point(self, st: ClusterState) -> int | None:
-        if st.newest_ns is not None:
-            return st.newest_ns - int(self.cfg.resume_overlap * 1e9)
+    def _first_since(self) -> int | None:
+        """Nothing stored for the cluster yet: --since, else everything Relay holds."""
         if self.cfg.since is None:
-            return 1_000_000_000  # everything Relay still holds
-        if self.cfg.since == "now":
-            return None
-        return now_ns() - int(parse_duration(self.cfg.since, "--since") * 1e9)
+            return 1_000_000_000
+        if self.cfg.since.strip().lower() == "now":
+            return None  # only new flows
+        return times.parse_time_ns(self.cfg.since, "--since")
+
+    def _judge(self, st: ClusterState, attempt: Attempt | None) -> None:
+        """Count an attempt cut before it brought anything new; warn when it keeps happening."""
+        cluster = st.relay.cluster
+        before = st.resume.stuck
+        st.resume.judge(attempt)
+        stuck = st.resume.stuck
+        self.metrics.attempts_without_progress.labels(cluster).set(stuck)
+        if stuck >= STUCK_WARN_AFTER and st.logs.add(("stuck",)):
+            log.warning(
+                "[%s] relay %s: %d attempts in a row were cut before they brought a new flow "
+                "(the last after %d responses); asking from the newest stored flow",
+                cluster,
+                st.relay.address,
+                stuck,
+                attempt.received if attempt else 0,
+            )
+        elif stuck == 0 and before >= STUCK_WARN_AFTER:
+            log.info("[%s] relay %s delivers new flows again", cluster, st.relay.address)
+            st.logs.reset(("stuck",))
 
     # ------------------------------------------------------------------ streams
 
     def _on_message(self, st: ClusterState, raw: bytes) -> None:
-        if st.paused:
+        if st.trouble.paused:
             return  # sent before the hang-up; the re-dial asks for it again
-        rows = st.rows
-        if not rows:
-            st.first_row_at = time.monotonic()
-        rows.append(raw)
-        st.rows_bytes += len(raw)
-        n = len(rows)
+        inbox = st.inbox
+        if not inbox.rows:
+            inbox.first_at = time.monotonic()
+        inbox.rows.append(raw)
+        inbox.nbytes += len(raw)
+        n = len(inbox.rows)
         if n % 1024 == 0:
             if n >= self.cfg.flush_rows:
                 self._wake.set()
-            if st.rows_bytes >= self.cfg.max_buffer_bytes:
+            if inbox.nbytes >= self.cfg.max_buffer_bytes:
                 self._backpressure(st)
 
     def _backpressure(self, st: ClusterState) -> None:
         """Stop reading the relay until the flusher catches up (or the store recovers)."""
-        with st.lock:
-            while st.rows_bytes >= self.cfg.max_buffer_bytes and not self._stop.is_set():
+        inbox = st.inbox
+        with inbox.lock:
+            while inbox.nbytes >= self.cfg.max_buffer_bytes and not self._stop.is_set():
                 self._wake.set()
-                st.lock.wait(0.5)
+                inbox.lock.wait(0.5)
 
     def _on_event(self, st: ClusterState, kind: str, detail: str) -> None:
-        cluster = st.relay.cluster
+        cluster, address = st.relay.cluster, st.relay.address
         m = self.metrics
         if kind == "connected":
             m.relay_connected.labels(cluster).set(1)
-            if detail != "first":
-                m.reconnects.labels(cluster).inc()
-            log.info(
-                "[%s] streaming from %s%s",
-                cluster,
-                st.relay.address,
-                "" if detail == "first" else " (resumed)",
-            )
+            if detail == "first":
+                log.info("[%s] streaming from %s%s", cluster, address, _filters_note(st.relay))
+                return
+            m.reconnects.labels(cluster).inc()
+            # a proxy that cuts streams often would otherwise log a line per cut
+            if tally := st.logs.add(("resumed",)):
+                again = f", {tally.calls} times since the last line" if tally.calls > 1 else ""
+                log.info("[%s] streaming from %s (resumed%s)", cluster, address, again)
         elif kind == "disconnected":
             m.relay_connected.labels(cluster).set(0)
         elif kind == "error":
             code, _, text = detail.partition("|")
             m.stream_errors.labels(cluster, code).inc()
-            # a relay that is down fails every attempt: say so at once, then once a minute
-            now = time.monotonic()
-            if detail != st.last_error or now - st.last_error_logged >= 60:
+            # a relay that is down fails every attempt: say so at once, then once an interval
+            if tally := st.logs.add(("error", detail)):
                 repeated = (
-                    f" (x{st.error_repeats + 1} since last logged)"
-                    if detail == st.last_error
-                    else ""
+                    f" (x{tally.calls} since last logged)" if tally.last_line is not None else ""
                 )
                 log.warning(
-                    "[%s] relay %s: %s: %s; retrying%s",
-                    cluster,
-                    st.relay.address,
-                    code,
-                    text,
-                    repeated,
+                    "[%s] relay %s: %s: %s; retrying%s", cluster, address, code, text, repeated
                 )
-                st.last_error, st.last_error_logged, st.error_repeats = detail, now, 0
-            else:
-                st.error_repeats += 1
 
     def _run_stream(self, st: ClusterState) -> None:
         try:
@@ -242,13 +279,14 @@ class Collector:
     def flush(self, st: ClusterState, force: bool = False) -> None:
         """Decode what arrived into the open files (a row group per batch) and commit them when due."""
         now = time.monotonic()
-        if now < st.retry_at and not force:
+        if now < st.trouble.retry_at and not force:
             return  # the store failed: the stream is paused until retry_at
+        inbox = st.inbox
         interval = self.cfg.flush_interval
         due = (
             force
-            or st.sync_requested
-            or (st.rows and now - st.first_row_at >= interval)
+            or inbox.sync_requested
+            or (inbox.rows and now - inbox.first_at >= interval)
             or (st.writer.opened_at is not None and now - st.writer.opened_at >= interval)
         )
         started = time.perf_counter()
@@ -257,19 +295,17 @@ class Collector:
         # bounded batches: memory is one batch, however far behind the flusher is; and only what
         # had arrived when the flush began, so a relay that never pauses cannot keep the loop
         # here (other clusters, progress and compaction wait for it to come back)
-        budget = len(st.rows)
-        while ok and budget > 0 and st.rows and (due or len(st.rows) >= DECODE_BATCH):
-            take = min(len(st.rows), DECODE_BATCH, budget)
+        budget = len(inbox.rows)
+        while ok and budget > 0 and inbox.rows and (due or len(inbox.rows) >= DECODE_BATCH):
+            take = min(len(inbox.rows), DECODE_BATCH, budget)
             budget -= take
-            rows = [st.rows.popleft() for _ in range(take)]
-            st.rows_bytes -= sum(map(len, rows))
             decoded += take
-            ok = self._decode_into_files(st, rows)
+            ok = self._decode_into_files(st, inbox.take(take))
             if ok and st.writer.rows >= self.cfg.flush_rows:
                 ok = self._commit(st)
-        with st.lock:
-            st.sync_requested = False
-            st.lock.notify_all()  # rows are decoded: a waiting _since() may read newest_ns
+        with inbox.lock:
+            inbox.sync_requested = False
+            inbox.lock.notify_all()  # rows are decoded: a waiting _since() may read the resume point
         if ok and st.writer.rows and due:
             self._commit(st)
         self.metrics.buffered.labels(st.relay.cluster).set(st.buffered)
@@ -294,10 +330,7 @@ class Collector:
         if dups:
             m.duplicates.labels(cluster).inc(dups)
         newest = pc.max(flows.column("time")).value if flows.num_rows else None
-        if newest is not None and (st.newest_ns is None or newest > st.newest_ns):
-            st.newest_ns = newest
-        if newest is not None and (st.stream_newest is None or newest > st.stream_newest):
-            st.stream_newest = newest
+        st.resume.decoded(newest, flows.num_rows)
         if not (flows.num_rows or events.num_rows):
             return True
         before = st.writer.rows
@@ -318,23 +351,22 @@ class Collector:
             self._store_failed(st, exc, [], rows)
             return False
         st.pending_keys = []
-        st.unstored = 0  # what a failure dropped has been asked for again and is coming in
-        if st.store_error_logged:
+        trouble = st.trouble
+        trouble.unstored = 0  # what a failure dropped has been asked for again and is coming in
+        trouble.delay = 0.0
+        if trouble.failing:
             log.info("[%s] store writable again", cluster)
-            st.store_error_logged = 0.0
-        st.retry_delay = 0.0
+            trouble.failing = False
+            st.logs.reset(("store",))
         st.stored += result.flows
         st.window_flows += result.flows
         self.metrics.flows_stored.labels(cluster).inc(result.flows)
         self.metrics.store_bytes.labels(cluster).inc(result.bytes)
         self.metrics.last_flush.labels(cluster).set(time.time())
-        if newest is not None and (st.committed_ns is None or newest > st.committed_ns):
-            st.committed_ns = newest
+        if st.resume.committed(newest):
             self.metrics.newest_flow.labels(cluster).set(newest / 1e9)
-        with st.lock:
-            if st.resend_until is not None and (st.stream_newest or 0) > st.resend_until:
-                st.resend_until = None  # the resend is over: new flows only from here on
-            if st.resend_until is None:
+        with st.inbox.lock:
+            if st.resume.resend_over():
                 # committed keys are not needed while streaming: a reconnect reloads the
                 # overlap's keys from the store, so memory does not grow with the flow rate
                 st.deduper.clear()
@@ -345,30 +377,27 @@ class Collector:
     ) -> None:
         """Drop what was not committed and ask Relay for it again once the store may work."""
         cluster = st.relay.cluster
-        now = time.monotonic()
+        trouble = st.trouble
         st.deduper.forget(st.pending_keys + keys)
         st.pending_keys = []
-        st.paused = True
-        st.failures += 1
-        dropped = uncommitted + len(st.rows)
-        st.rows.clear()
-        st.rows_bytes = 0
-        st.newest_ns = st.committed_ns  # resume from the last committed flow
-        st.retry_delay = min(max(st.retry_delay * 2, 0.5), 10.0)
-        st.retry_at = now + st.retry_delay
-        st.unstored += dropped
+        trouble.paused = trouble.failing = True
+        trouble.failures += 1
+        dropped = uncommitted + st.inbox.clear()
+        st.resume.rewind()  # resume from the last committed flow
+        trouble.delay = min(max(trouble.delay * 2, 0.5), 10.0)
+        trouble.retry_at = time.monotonic() + trouble.delay
+        trouble.unstored += dropped
         if st.stream is not None and not self._stop.is_set():
-            st.stream.pause(st.retry_delay)
+            st.stream.pause(trouble.delay)
         self.metrics.flush_errors.labels(cluster).inc()
-        if now - st.store_error_logged >= 30:
+        if st.logs.add(("store",)):
             log.error(
                 "[%s] %s; %d uncommitted flows dropped from memory, asking Relay for them again in %.1fs",
                 cluster,
                 exc,
                 dropped,
-                st.retry_delay,
+                trouble.delay,
             )
-            st.store_error_logged = now
 
     def _count_events(self, st: ClusterState, events: pa.Table) -> None:
         if events.num_rows == 0:
@@ -380,26 +409,26 @@ class Collector:
                 n = lost["num_events_lost"] or 0
                 self.metrics.lost_events.labels(cluster, source).inc(n)
                 st.lost += n
-                log.warning("[%s] relay reports %d events lost (%s)", cluster, n, source)
+                # a relay under pressure reports losses many times a second: sum them per line
+                if tally := st.logs.add(("lost", source), n):
+                    _log_lost(cluster, source, tally)
         for status in events.column("node_status").to_pylist():
             if status:
                 state = NODE_STATES.get(status["state_change"], str(status["state_change"]))
                 self.metrics.node_status.labels(cluster, state).inc()
-                if state in ("NODE_UNAVAILABLE", "NODE_ERROR", "NODE_GONE"):
-                    log.warning(
-                        "[%s] %s: %s %s",
-                        cluster,
-                        state,
-                        ", ".join(status["node_names"]),
-                        status["message"],
-                    )
+                nodes = ", ".join(status["node_names"])
+                bad = state in ("NODE_UNAVAILABLE", "NODE_ERROR", "NODE_GONE")
+                if bad and (tally := st.logs.add(("node", state, nodes))):
+                    again = f" (x{tally.calls} since last logged)" if tally.calls > 1 else ""
+                    log.warning("[%s] %s: %s %s%s", cluster, state, nodes, status["message"], again)
 
     def _due(self, st: ClusterState, now: float) -> bool:
-        if now < st.retry_at:
+        if now < st.trouble.retry_at:
             return False
-        if st.sync_requested or len(st.rows) >= DECODE_BATCH:
+        inbox = st.inbox
+        if inbox.sync_requested or len(inbox.rows) >= DECODE_BATCH:
             return True
-        if st.rows and now - st.first_row_at >= self.cfg.flush_interval:
+        if inbox.rows and now - inbox.first_at >= self.cfg.flush_interval:
             return True
         return (
             st.writer.opened_at is not None and now - st.writer.opened_at >= self.cfg.flush_interval
@@ -414,27 +443,31 @@ class Collector:
         for st in self.clusters.values():
             if st.stream:
                 st.stream.stop()
-            with st.lock:
-                st.lock.notify_all()
+            with st.inbox.lock:
+                st.inbox.lock.notify_all()
 
     def run(self, *, install_signals: bool = True) -> int:
         """Collect until stopped; return the number of flows that could not be stored (0 = clean)."""
-        self._prepare()
-        if install_signals:
+        if install_signals:  # first: a stop asked for during start-up is a clean stop too
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop())
+        if self._stop.is_set():
+            return 0  # stopped before anything was received: nothing to flush
+        self._prepare()
         for st in self.clusters.values():
             st.stream = FlowStream(
                 st.relay,
                 self.cfg,
-                resume_since=lambda st=st: self._since(st),
+                resume_since=lambda attempt, st=st: self._since(st, attempt),
                 on_message=lambda raw, st=st: self._on_message(st, raw),
                 on_event=lambda kind, detail, st=st: self._on_event(st, kind, detail),
             )
             st.thread = threading.Thread(
                 target=self._run_stream, args=(st,), name=f"stream-{st.relay.cluster}", daemon=True
             )
-            st.thread.start()
+        for st in self.clusters.values():
+            if not self._stop.is_set():
+                st.thread.start()
         last_progress = time.monotonic()
         last_compact = time.monotonic()
         while not self._stop.is_set():
@@ -452,24 +485,28 @@ class Collector:
             if self.cfg.compact_every and now - last_compact >= self.cfg.compact_every:
                 self._compact()
                 last_compact = now
+        self.stop()  # the event may have been set from outside: stop the streams too
         for st in self.clusters.values():
-            if st.thread:
+            if st.thread and st.thread.is_alive():
                 st.thread.join(timeout=5)
         self._stop_compaction()
         unstored = 0
         for st in self.clusters.values():
-            failures = st.failures
-            while st.rows or st.writer.rows:
+            failures = st.trouble.failures
+            while st.inbox.rows or st.writer.rows:
                 self.flush(st, force=True)
-                if st.failures > failures:
+                if st.trouble.failures > failures:
                     break  # the store still refuses: stop trying
-            unstored += st.unstored
-            if st.unstored:
+            for key, tally in st.logs.pending():
+                if key[0] == "lost":  # losses counted since the last line get their line
+                    _log_lost(st.relay.cluster, key[1], tally)
+            unstored += st.trouble.unstored
+            if st.trouble.unstored:
                 log.error(
                     "[%s] %d flows received since the last commit could not be stored; the next "
                     "start asks Relay for them again",
                     st.relay.cluster,
-                    st.unstored,
+                    st.trouble.unstored,
                 )
         if self.fatal:
             raise CollectError(self.fatal)
@@ -539,6 +576,37 @@ class Collector:
         except subprocess.TimeoutExpired:
             self._compactor.kill()
         self._reap_compaction()
+
+
+def _log_lost(cluster: str, source: str, tally: Tally) -> None:
+    """One line for the losses of a source since its last line (exact counts: the metric and
+    the store's lost_events view have every report)."""
+    if tally.last_line is None:
+        log.warning(
+            "[%s] relay reports %d events lost (%s); further reports are summed, a line per interval",
+            cluster,
+            tally.amount,
+            source,
+        )
+    else:
+        log.warning(
+            "[%s] relay reports %d events lost (%s) in %d reports since the last line; %d since start",
+            cluster,
+            tally.amount,
+            source,
+            tally.calls,
+            tally.total,
+        )
+
+
+def _filters_note(relay: RelayConfig) -> str:
+    """' with 2 allow and 1 deny filters' for the first streaming line (empty without filters)."""
+    if not (relay.allow or relay.deny):
+        return ""
+    return (
+        f" with {len(relay.allow)} allow and {len(relay.deny)} deny filters"
+        " (`flowpipe collect --print-raw-filters` prints them)"
+    )
 
 
 def _fmt_ns(ns: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,45 +9,10 @@ from typing import Any
 
 import yaml
 
+from flowpipe.common import times
+from flowpipe.common.units import parse_duration, parse_size
 from flowpipe.errors import ConfigError
 from flowpipe.store.layout import check_cluster
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|k|m|g)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    None: 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1024,
-    "m": 1024**2,
-    "mb": 1024**2,
-    "g": 1024**3,
-    "gb": 1024**3,
-}
-
-
-def parse_size(text: str | int, what: str = "size") -> int:
-    """'64MB', '512k', '1G' or a number of bytes -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ConfigError(f"invalid {what} {text!r}: use e.g. 64MB, 512KB, 1GB")
-    unit = m.group(2).lower() if m.group(2) else None
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
-
-
-def parse_duration(text: str | float | int, what: str = "duration") -> float:
-    """'5s', '2m', '1.5h', '7d', '250ms' or a number of seconds -> seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    m = _DURATION_RE.match(str(text))
-    if not m:
-        raise ConfigError(f"invalid {what} {text!r}: use e.g. 500ms, 5s, 2m, 1h, 7d")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 @dataclass
@@ -91,18 +55,13 @@ class CollectConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     resume_overlap: float = 10.0  # ask Relay for this much before the last stored flow
-    since: str | None = (
-        None  # first start, no stored flows: how far back to ask (None = all Relay holds)
-    )
+    since: str | None = None  # first start only: how far back to ask (None = all Relay holds)
     metrics_listen: str | None = None
-    compact_every: float = (
-        60.0  # run compaction (closed hours, open hours' small files) this often (0 = never)
-    )
-    compact_settle: float = (
-        30.0  # open hours: committed files wait this long before a merge takes them
-    )
+    compact_every: float = 60.0  # run compaction (closed hours, open hours' small files) this often
+    compact_settle: float = 30.0  # open hours: committed files wait this long before a merge
     keep: float | None = None  # retention in seconds (None = keep everything)
     progress_every: float = 5.0
+    log_every: float = 30.0  # repeated warnings (lost events, retries): one line per this
     quiet: bool = False
 
 
@@ -128,14 +87,22 @@ def _check_address(address: str, where: str) -> None:
         raise ConfigError(f"{where}: address {address!r} must be HOST:PORT")
 
 
-def parse_filters(value: Any, where: str) -> list:
-    """FlowFilters from JSON text, a YAML/JSON structure or a file path (hubble --print-raw-filters shape)."""
+def parse_filters(values: Any, where: str) -> list:
+    """FlowFilters from one value or several (JSON object or list, YAML, hubble --print-raw-filters
+    output, or a file holding any of them), in order: several values make one longer list."""
     from flowpipe.serve import filters
 
-    try:
-        return filters.parse_filter_list(value)
-    except Exception as exc:  # filters raises its own error types; keep one line here
-        raise ConfigError(f"{where}: invalid FlowFilter list: {exc}") from exc
+    if isinstance(values, (tuple, list)) and all(isinstance(v, str) for v in values):
+        items = list(values)  # repeated flags: each is parsed alone, then the lists are joined
+    else:
+        items = [values]
+    out = []
+    for item in items:
+        try:
+            out += filters.parse_filter_list(item)
+        except Exception as exc:  # filters raises its own error types; keep one line here
+            raise ConfigError(f"{where}: invalid FlowFilter list: {exc}") from exc
+    return out
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -168,6 +135,7 @@ _DURATIONS = {
     "compact_settle",
     "keep",
     "progress_every",
+    "log_every",
 }
 _INTS = {"flush_rows"}
 _STRS = {"store", "since", "metrics_listen"}
@@ -256,4 +224,111 @@ def validate(cfg: CollectConfig) -> CollectConfig:
         raise ConfigError("flush interval must be greater than 0 and at most 5s")
     if cfg.backoff_initial <= 0 or cfg.backoff_max < cfg.backoff_initial:
         raise ConfigError("backoff: initial must be > 0 and max >= initial")
+    if cfg.since is not None:
+        times.parse_time_ns(cfg.since, "since")  # refused now, not at the first dial
     return cfg
+
+
+# flags of `flowpipe collect` that set a duration or a size of CollectConfig
+_FLAG_DURATIONS = (
+    "flush_interval",
+    "keepalive",
+    "idle_timeout",
+    "backoff_max",
+    "resume_overlap",
+    "keep",
+)
+
+
+def load(
+    config_file: str | None = None,
+    *,
+    relays: tuple[str, ...] = (),
+    plaintext: bool = False,
+    ca_files: tuple[str, ...] = (),
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    server_name: str | None = None,
+    allow: tuple[str, ...] = (),
+    deny: tuple[str, ...] = (),
+    store: str | None = None,
+    since: str | None = None,
+    flush_rows: int | None = None,
+    max_buffer: str | None = None,
+    metrics_listen: str | None = None,
+    quiet: bool = False,
+    **durations: str | None,
+) -> CollectConfig:
+    """The collector's configuration: the file (if any), command-line flags over it, validated."""
+    unknown = set(durations) - set(_FLAG_DURATIONS)
+    if unknown:
+        raise TypeError(f"unknown collect option(s): {', '.join(sorted(unknown))}")
+    cfg = from_dict(load_file(config_file), config_file) if config_file else CollectConfig()
+    # flags that describe the --relay relays; a config file sets them per relay instead
+    relay_flags = {
+        "--plaintext": plaintext,
+        "--tls-ca-cert-files": ca_files,
+        "--tls-client-cert-file": cert_file,
+        "--tls-client-key-file": key_file,
+        "--tls-server-name": server_name,
+        "--allow": allow,
+        "--deny": deny,
+    }
+    if not relays and any(relay_flags.values()):
+        flags = ", ".join(name for name, value in relay_flags.items() if value)
+        raise ConfigError(
+            f"{flags}: these describe --relay relays; give --relay, or set them per relay in the config file"
+        )
+    tls = TLSConfig(
+        enabled=not plaintext,
+        ca_files=list(ca_files),
+        cert_file=cert_file,
+        key_file=key_file,
+        server_name=server_name,
+    )
+    allow_f = parse_filters(allow, "--allow") if allow else []
+    deny_f = parse_filters(deny, "--deny") if deny else []
+    for text in relays:
+        cluster, address = parse_relay(text)
+        cfg.relays.append(RelayConfig(cluster, address, tls=tls, allow=allow_f, deny=deny_f))
+    for name, value in durations.items():
+        if value is not None:
+            setattr(cfg, name, parse_duration(value, "--" + name.replace("_", "-")))
+    if flush_rows is not None:
+        if flush_rows <= 0:
+            raise ConfigError(f"--flush-rows must be a positive integer, not {flush_rows}")
+        cfg.flush_rows = flush_rows
+    if max_buffer is not None:
+        cfg.max_buffer_bytes = parse_size(max_buffer, "--max-buffer")
+    cfg.since = since if since is not None else cfg.since
+    cfg.metrics_listen = metrics_listen or cfg.metrics_listen
+    cfg.quiet = quiet or cfg.quiet
+    cfg.store = store or cfg.store
+    return validate(cfg)
+
+
+def raw_filters_yaml(relays: list[RelayConfig]) -> str:
+    """The allowlist and denylist of each relay as `hubble observe --print-raw-filters` prints
+    them (one YAML document per relay, named in a comment)."""
+    docs = []
+    for r in relays:
+        lines = [f"# relay {r.name}"]
+        for key, filters in (("allowlist", r.allow), ("denylist", r.deny)):
+            if filters:
+                lines.append(f"{key}:")
+                lines += [f"    - '{_filter_json(f)}'" for f in filters]
+        if len(lines) == 1:
+            lines.append("{}")  # what hubble prints for a request without filters
+        docs.append("\n".join(lines) + "\n")
+    return "---\n".join(docs)
+
+
+def _filter_json(f) -> str:
+    """One FlowFilter as hubble's Go json.Marshal writes it: proto field names, enums as numbers;
+    quoted for a single-quoted YAML scalar."""
+    import json
+
+    from google.protobuf import json_format
+
+    d = json_format.MessageToDict(f, preserving_proto_field_name=True, use_integers_for_enums=True)
+    return json.dumps(d, separators=(",", ":")).replace("'", "''")

@@ -16,6 +16,7 @@ from flowpipe.api.observer import observer_pb2
 from flowpipe.errors import ConfigError
 from flowpipe.ingest import tls
 from flowpipe.ingest.config import CollectConfig, RelayConfig
+from flowpipe.ingest.resume import Attempt
 
 log = logging.getLogger("flowpipe.collect")
 
@@ -77,15 +78,14 @@ class FlowStream:
         relay: RelayConfig,
         cfg: CollectConfig,
         *,
-        resume_since: Callable[[], int | None],
+        resume_since: Callable[[Attempt | None], int | None],
         on_message: Callable[[bytes], None],
         on_event: Callable[[str, str], None] = lambda kind, detail: None,
     ):
         self.relay = relay
         self.cfg = cfg
-        self.resume_since = (
-            resume_since  # ns to ask from at each (re)connect, None = only new flows
-        )
+        # ns to ask from at each (re)connect, given how the last attempt went; None = only new flows
+        self.resume_since = resume_since
         self.on_message = on_message
         self.on_event = on_event  # ("connected"|"error"|"idle"|"fatal", detail)
         self.state = StreamState()
@@ -95,6 +95,7 @@ class FlowStream:
         self._pausing = False
         self._resume_at = 0.0
         self._lock = threading.Lock()
+        self.last_attempt: Attempt | None = None  # None before the first dial
 
     # ------------------------------------------------------------------ control
 
@@ -120,7 +121,7 @@ class FlowStream:
     def request(self) -> observer_pb2.GetFlowsRequest:
         """The request for the next attempt: follow, since the resume point, with the relay's filters."""
         req = observer_pb2.GetFlowsRequest(follow=True)
-        since = self.resume_since()
+        since = self.resume_since(self.last_attempt)
         if since is not None:
             req.since.seconds, req.since.nanos = divmod(max(since, 1_000_000_000), 1_000_000_000)
         req.whitelist.extend(self.relay.allow)
@@ -160,6 +161,7 @@ class FlowStream:
             if not st.ever_connected:
                 raise FatalStreamError(str(exc)) from exc
             self._report_error("tls-files", str(exc))
+            self.last_attempt = Attempt()
             return 0
         options = [
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
@@ -178,6 +180,7 @@ class FlowStream:
         else:
             channel = grpc.secure_channel(self.relay.address, creds, options=options)
         received = 0
+        cut = False  # ended by the relay or the network
         watchdog = None
         try:
             call_fn = channel.unary_stream(
@@ -203,10 +206,12 @@ class FlowStream:
                 self.on_message(raw)
             # A follow stream that ends cleanly means the relay closed it (e.g. restart).
             if not self._stop.is_set():
+                cut = True
                 self._report_error("closed", "relay ended the stream")
         except grpc.RpcError as exc:
-            self._handle_rpc_error(exc, received)
+            cut = self._handle_rpc_error(exc)
         finally:
+            self.last_attempt = Attempt(received=received, cut=cut)
             with self._lock:
                 self._call = None
             if st.connected:
@@ -222,17 +227,19 @@ class FlowStream:
         st.ever_connected = True
         self.on_event("connected", "first" if first else "resumed")
 
-    def _handle_rpc_error(self, exc: grpc.RpcError, received: int) -> None:
+    def _handle_rpc_error(self, exc: grpc.RpcError) -> bool:
+        """Report a retryable error and return whether the relay or network cut the stream;
+        raise FatalStreamError for the others."""
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
         if self._stop.is_set():
-            return
+            return False
         if code == grpc.StatusCode.CANCELLED and self._pausing:
             self._pausing = False
-            return
+            return False
         if code == grpc.StatusCode.CANCELLED and self._idle_cancelled:
             self._report_error("idle", f"no message for {self.cfg.idle_timeout:g}s, re-dialling")
-            return
+            return False
         if code not in RETRYABLE:
             raise FatalStreamError(f"relay {self.relay.name}: {code.name}: {details}")
         if (
@@ -244,6 +251,7 @@ class FlowStream:
                 f"relay {self.relay.name}: TLS handshake failed: {_short(details)}"
             )
         self._report_error(code.name, _short(details))
+        return True
 
     def _report_error(self, code: str, detail: str) -> None:
         self.state.last_error = f"{code}: {detail}"

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import duckdb
 
 from flowpipe.common.sql import quote, timestamp_literal
 from flowpipe.common.text import first_line
+from flowpipe.common.times import parse_time
 from flowpipe.errors import ConfigError, RuleError, StoreError
 from flowpipe.rules import planner, sandbox
 from flowpipe.rules import rulefile as rules_mod
 from flowpipe.rules.rulefile import Rule, RuleFile
 from flowpipe.rules.status import Status, stage_verdict
 from flowpipe.store.layout import Store, check_cluster
-
-_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
-_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass
@@ -66,28 +62,6 @@ class CheckReport:
     def errors(self) -> list[RuleResult]:
         """Results whose rule could not run."""
         return [r for r in self.results if r.status == Status.ERROR]
-
-
-def parse_time(
-    text: str | datetime, what: str = "time", *, now: datetime | None = None
-) -> datetime:
-    """'15m', '2h', '7d' (that long before now), 'now' or RFC3339 -> an aware UTC datetime."""
-    if isinstance(text, datetime):
-        return text.astimezone(UTC) if text.tzinfo else text.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    value = text.strip()
-    if value == "now":
-        return now
-    if _DURATION_RE.match(value):
-        seconds = sum(float(n) * _UNITS[u] for n, u in _PART_RE.findall(value))
-        return now - timedelta(seconds=seconds)
-    try:
-        dt = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise ConfigError(
-            f"invalid {what} {text!r}: use a duration (15m, 2h, 7d) or RFC3339 (2024-05-01T12:00:00Z)"
-        ) from None
-    return dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def run_check(
