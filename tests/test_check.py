@@ -396,23 +396,6 @@ def test_check_runs_while_collect_writes(store: Store, tmp_path: Path):
     assert not errors and seen == sorted(seen)
 
 
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("15m", NOW - timedelta(minutes=15)),
-        ("2h", NOW - timedelta(hours=2)),
-        ("7d", NOW - timedelta(days=7)),
-        ("1h30m", NOW - timedelta(minutes=90)),
-        ("now", NOW),
-        ("2025-10-02T12:00:00Z", datetime(2025, 10, 2, 12, tzinfo=UTC)),
-        ("2025-10-02T21:00:00+09:00", datetime(2025, 10, 2, 12, tzinfo=UTC)),
-        ("2025-10-02T12:00:00", datetime(2025, 10, 2, 12, tzinfo=UTC)),
-    ],
-)
-def test_parse_time(text: str, expected: datetime):
-    assert check.parse_time(text, now=NOW) == expected
-
-
 def test_bad_window_and_cluster_are_config_errors(shop: Store, tmp_path: Path):
     f = rule_file(tmp_path, BAD)
     with pytest.raises(ConfigError, match="is after --until"):

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import capture_files, free_port
 
+from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
 from flowpipe.codec import storage
 from flowpipe.ingest.collector import CollectError, Collector
@@ -362,3 +363,114 @@ def test_server_side_allow_and_deny_filters(store):
             time.sleep(0.5)
             run.stop()
     assert sorted(f.uuid for f in stored(store)) == sorted(want)
+
+
+# ---- filters, as `hubble observe` means them (issue: a second --allow silently replaced the first)
+
+
+def _pod_matches(endpoint, selector: str) -> bool:
+    """Hubble's namespace/pod-prefix match, written out here independently of serve's SQL."""
+    namespace, _, prefix = selector.partition("/")
+    return endpoint.namespace == namespace and endpoint.pod_name.startswith(prefix)
+
+
+def test_collect_cli_with_two_allow_and_one_deny_filters(store):
+    from conftest import load_capture
+
+    allow = ['{"source_pod":["bookinfo/ratings"]}', '{"destination_pod":["bookinfo/details"]}']
+    deny = '{"verdict":["REDIRECTED"]}'
+    flows = [r.flow for p in capture_files() for r in load_capture(p)]
+    # kept: matches any allow filter and no deny filter
+    want = {
+        f.SerializeToString(deterministic=True)
+        for f in flows
+        if (
+            _pod_matches(f.source, "bookinfo/ratings")
+            or _pod_matches(f.destination, "bookinfo/details")
+        )
+        and f.verdict != flow_pb2.REDIRECTED
+    }
+    only_second = {
+        f.SerializeToString(deterministic=True)
+        for f in flows
+        if _pod_matches(f.destination, "bookinfo/details") and f.verdict != flow_pb2.REDIRECTED
+    }
+    assert 0 < len(only_second) < len(want)  # the old last-flag-wins request would store fewer
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with ReplayServer([str(p) for p in capture_files()], follow=True, cluster="lab") as relay:
+        args = ["--allow", allow[0], "--allow", allow[1], "--deny", deny]
+        proc = subprocess.Popen(
+            _collect_cmd(store, relay.address, *args), env=env, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for(lambda: len(stored(store)) >= len(want), timeout=60, what="filtered flows")
+            time.sleep(1.0)  # anything beyond the filters would arrive now
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            err = proc.communicate(timeout=30)[1].decode()
+    assert proc.returncode == 0, err
+    got = [f.SerializeToString(deterministic=True) for f in stored(store)]
+    assert len(got) == len(set(got)) and set(got) == want
+    assert "with 2 allow and 1 deny filters" not in err  # --quiet: no INFO lines
+
+
+def test_sigterm_during_start_up_is_a_clean_stop(store, tmp_path):
+    """SIGTERM before the collector is running (here: while it reads its config file) used to
+    kill it with the default action (exit -15, seen in the crash suite); it is a clean stop."""
+    fifo = tmp_path / "collect.yaml"
+    os.mkfifo(fifo)
+    with ReplayServer(responses=make_responses(10), follow=True) as relay:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowpipe.cli", "collect", "--config", str(fifo), "--quiet"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            fd = None
+            deadline = time.monotonic() + 60
+            while fd is None:  # the collector has opened the file for reading: it is in collect
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            text = f"store: {store.root}\nrelays:\n  - {{cluster: c1, address: '{relay.address}', plaintext: true}}\n"
+            os.write(fd, text.encode())
+            os.close(fd)
+            err = proc.communicate(timeout=60)[1].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_lost_events_are_one_line_per_interval_with_exact_counts(store, caplog):
+    """A relay reporting a loss every 25 flows: 20 reports, one WARNING while collecting and one
+    with the totals at the stop; the metric and the store count all 20."""
+    caplog.set_level("INFO", logger="flowpipe.collect")
+    sent = make_responses(500, seed=15)
+    with ReplayServer(responses=sent, follow=True, lost_events_every=25) as relay:
+        with Running(config(("c1", relay.address), log_every=600.0), store) as run:
+            wait_for(lambda: stored_count(run, "c1") == 500, what="flows")
+            lost = "flowpipe_collector_lost_events_total"
+            wait_for(
+                lambda: run.metric(lost, cluster="c1", source="OBSERVER_EVENTS_QUEUE") == 20,
+                what="20 lost events counted",
+            )
+            during = [r.getMessage() for r in caplog.records if "events lost" in r.getMessage()]
+            assert run.stop() == 0
+    lines = [r.getMessage() for r in caplog.records if "events lost" in r.getMessage()]
+    assert during == [
+        "[c1] relay reports 1 events lost (OBSERVER_EVENTS_QUEUE); further reports are summed, a line per interval"
+    ]
+    assert lines[1:] == [
+        "[c1] relay reports 19 events lost (OBSERVER_EVENTS_QUEUE) in 19 reports since the last line; 20 since start"
+    ]
+    from flowpipe.views import query
+
+    _, rows = query.fetch(
+        store, "SELECT count(*), sum(num_events_lost) FROM lost_events WHERE cluster = 'c1'"
+    )
+    assert rows == [(20, 20)]

@@ -30,19 +30,6 @@ def test_parse_relay_errors(text, msg):
         config.parse_relay(text)
 
 
-@pytest.mark.parametrize(
-    "text, seconds",
-    [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1.5h", 5400), ("7d", 604800), (3, 3)],
-)
-def test_durations(text, seconds):
-    assert config.parse_duration(text) == seconds
-
-
-def test_duration_error_names_what():
-    with pytest.raises(ConfigError, match="invalid --keep 'soon'"):
-        config.parse_duration("soon", "--keep")
-
-
 def test_yaml_file(tmp_path):
     path = tmp_path / "flowpipe.yaml"
     path.write_text(
@@ -122,3 +109,89 @@ def test_validate():
     cfg.flush_interval = 10
     with pytest.raises(ConfigError, match="at most 5s"):
         config.validate(cfg)
+
+
+ALLOW_A = '{"source_pod":["bookinfo/"]}'
+ALLOW_B = '{"destination_pod":["bookinfo/"]}'
+DENY = '{"verdict":["DROPPED"]}'
+
+
+def _request(cfg: config.CollectConfig) -> bytes:
+    from flowpipe.ingest.stream import FlowStream
+
+    fs = FlowStream(cfg.relays[0], cfg, resume_since=lambda last: None, on_message=print)
+    return fs.request().SerializeToString(deterministic=True)
+
+
+def test_repeated_allow_flags_list_and_file_are_one_request(tmp_path):
+    """Two --allow flags used to keep only the last one: Hubble's allowlist is all of them."""
+    repeated = config.load(relays=("c1=127.0.0.1:4245",), allow=(ALLOW_A, ALLOW_B), deny=(DENY,))
+    assert len(repeated.relays[0].allow) == 2 and len(repeated.relays[0].deny) == 1
+    one_list = config.load(
+        relays=("c1=127.0.0.1:4245",), allow=(f"[{ALLOW_A}, {ALLOW_B}]",), deny=(f"[{DENY}]",)
+    )
+    path = tmp_path / "allow.yaml"  # as `hubble observe --pod bookinfo/ --print-raw-filters` prints
+    path.write_text(f"allowlist:\n    - '{ALLOW_A}'\n    - '{ALLOW_B}'\n")
+    from_file = config.load(relays=("c1=127.0.0.1:4245",), allow=(str(path),), deny=(DENY,))
+    mixed = config.load(
+        relays=("c1=127.0.0.1:4245",), allow=(ALLOW_A, f"[{ALLOW_B}]"), deny=(DENY,)
+    )
+    want = _request(repeated)
+    assert _request(one_list) == _request(from_file) == _request(mixed) == want
+    from flowpipe.api.observer import observer_pb2
+
+    req = observer_pb2.GetFlowsRequest.FromString(want)
+    assert [list(f.source_pod) for f in req.whitelist] == [["bookinfo/"], []]
+    assert [list(f.destination_pod) for f in req.whitelist] == [[], ["bookinfo/"]]
+    assert [list(f.verdict) for f in req.blacklist] == [[2]]
+
+
+def test_print_raw_filters_reads_back():
+    cfg = config.load(relays=("c1=127.0.0.1:4245",), allow=(ALLOW_A, ALLOW_B), deny=(DENY,))
+    text = config.raw_filters_yaml(cfg.relays)
+    assert text == (
+        "# relay c1 (127.0.0.1:4245)\n"
+        "allowlist:\n"
+        f"    - '{ALLOW_A}'\n"
+        f"    - '{ALLOW_B}'\n"
+        "denylist:\n"
+        "    - '{\"verdict\":[2]}'\n"
+    )
+    from flowpipe.serve import filters
+
+    allow, deny = filters.parse_raw_filters(text)
+    assert allow == cfg.relays[0].allow and deny == cfg.relays[0].deny
+
+
+def test_flags_over_the_file(tmp_path):
+    path = tmp_path / "collect.yaml"
+    path.write_text(
+        "store: /from/file\nkeep: 7d\nflush_interval: 1s\n"
+        "relays:\n  - {cluster: c1, address: 'a:1', plaintext: true}\n"
+    )
+    cfg = config.load(
+        str(path), relays=("c2=b:2",), plaintext=True, keep="2w", store="/from/flag", quiet=True
+    )
+    assert [r.cluster for r in cfg.relays] == ["c1", "c2"]
+    assert cfg.keep == 2 * 604800 and cfg.flush_interval == 1 and cfg.store == "/from/flag"
+    assert cfg.quiet
+    assert config.load(str(path)).store == "/from/file"
+
+
+@pytest.mark.parametrize(
+    "flags, msg",
+    [
+        ({"allow": (ALLOW_A,)}, "--allow: these describe --relay relays"),
+        ({"plaintext": True, "server_name": "x"}, "--plaintext, --tls-server-name: these"),
+        ({"relays": ("c1=a:1",), "since": "yesterday"}, "invalid since 'yesterday'"),
+        ({"relays": ("c1=a:1",), "allow": ("{nope",)}, "--allow: invalid FlowFilter list"),
+        ({"relays": ("c1=a:1",), "flush_rows": 0}, "--flush-rows must be a positive integer"),
+        ({"relays": ("c1=a:1",), "keepalive": "soon"}, "invalid --keepalive 'soon'"),
+    ],
+)
+def test_flag_errors(tmp_path, flags, msg):
+    """Flags that would be ignored (no --relay for them to describe) are refused, not dropped."""
+    path = tmp_path / "collect.yaml"
+    path.write_text("relays:\n  - {cluster: c0, address: 'a:1', plaintext: true}\n")
+    with pytest.raises(ConfigError, match=msg):
+        config.load(str(path), **flags)

@@ -131,3 +131,47 @@ def test_a_rule_named_twice_in_a_stage_reports_the_worse(store, tmp_path: Path):
         for s in f.samples
     }
     assert status == {str(s): float(s == "fail") for s in STATUSES}
+
+
+def test_collector_metrics_are_registered_as_the_table_declares():
+    from flowpipe.export.metrics import COLLECTOR_METRICS
+
+    registry = CollectorRegistry()
+    m = CollectorMetrics(registry)
+    got = {f.name: f for f in registry.collect()}
+    for attr, spec in COLLECTOR_METRICS.items():
+        name = f"{NAMESPACE}_{spec.name}"
+        assert name in got, name
+        assert got[name].type == spec.kind and got[name].documentation == spec.help
+        assert tuple(getattr(m, attr)._labelnames) == spec.labels
+    assert len(got) == len(COLLECTOR_METRICS)
+
+
+def test_collector_timestamps_do_not_start_at_zero():
+    """A zero there would read as 'last flush in 1970' and fire the staleness alerts."""
+    registry = CollectorRegistry()
+    CollectorMetrics(registry).init_cluster("c1")
+    text = generate_latest(registry).decode()
+    assert 'flowpipe_collector_attempts_without_progress{cluster="c1"} 0.0' in text
+    assert "flowpipe_collector_newest_flow_timestamp_seconds{" not in text
+    assert "flowpipe_collector_last_flush_timestamp_seconds{" not in text
+
+
+def test_collector_metrics_pass_promtool():
+    import subprocess
+
+    from support.tools import require
+
+    promtool = require("promtool")
+    registry = CollectorRegistry()
+    m = CollectorMetrics(registry)
+    m.init_cluster("c1")
+    m.lost_events.labels("c1", "HUBBLE_RING_BUFFER").inc(3)
+    m.flush_seconds.labels("c1").observe(0.2)
+    res = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=generate_latest(registry),
+        capture_output=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr

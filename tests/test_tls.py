@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 
+import grpc
 import pytest
 from certs import RELAY_NAME, relay_pki
-from test_collect import Running, config, make_responses, stored_count, wait_for
+from test_collect import Running, config, make_responses, stored, stored_count, wait_for
 
+from flowpipe.api.observer import observer_pb2
 from flowpipe.ingest.collector import CollectError
 from flowpipe.ingest.config import TLSConfig
 from flowpipe.serve.replay import ReplayServer
@@ -46,10 +48,13 @@ def test_tls_with_server_name_override(pki, store):
 
 
 def test_mtls(pki, store):
+    """A relay that demands a client certificate gets the configured one: every flow arrives,
+    and the same relay refuses a client without it (so the certificate is what let us in)."""
     server = ServerTLS(
         str(pki["server"].cert), str(pki["server"].key), client_ca_file=str(pki["ca"].path)
     )
-    with ReplayServer(responses=make_responses(50), follow=True, tls=server) as relay:
+    sent = make_responses(50)
+    with ReplayServer(responses=sent, follow=True, tls=server) as relay:
         cfg = tls_config(
             relay.address,
             ca_files=[str(pki["ca"].path)],
@@ -59,7 +64,20 @@ def test_mtls(pki, store):
         )
         with Running(cfg, store) as run:
             wait_for(lambda: stored_count(run, "c1") == 50, what="flows over mTLS")
-            run.stop()
+            assert run.metric("flowpipe_collector_relay_connected", cluster="c1") == 1
+            assert run.stop() == 0
+        # the control: the same CA and server name, no client certificate
+        creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"].path.read_bytes())
+        options = [("grpc.ssl_target_name_override", RELAY_NAME)]
+        with grpc.secure_channel(relay.address, creds, options=options) as channel:
+            call = channel.unary_stream(
+                "/observer.Observer/GetFlows",
+                request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+            )(observer_pb2.GetFlowsRequest(), timeout=10)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(iter(call))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert sorted(f.uuid for f in stored(store)) == sorted(r.flow.uuid for r in sent)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -22,7 +23,7 @@ class LogThrottle:
     """Lets the first event of a key through at once, then at most one per interval; counts the rest.
 
     Counts stay exact whatever is logged: a caller logs the Tally add() returns, and pending()
-    gives what was counted after the last line (for a closing line at shutdown)."""
+    gives what was counted after the last line (for a closing line at shutdown). Thread-safe."""
 
     def __init__(
         self,
@@ -35,10 +36,14 @@ class LogThrottle:
         self.clock = clock
         self.max_keys = max_keys  # keys are e.g. error texts: keep the newest few, not all
         self._keys: OrderedDict[Hashable, Tally] = OrderedDict()
+        self._lock = threading.Lock()
 
     def add(self, key: Hashable, amount: int = 1) -> Tally | None:
         """Count amount under key; return the Tally to log when a line is due, else None."""
-        now = self.clock()
+        with self._lock:
+            return self._add(key, amount, self.clock())
+
+    def _add(self, key: Hashable, amount: int, now: float) -> Tally | None:
         t = self._keys.get(key)
         if t is None:
             t = self._keys[key] = Tally()
@@ -57,12 +62,14 @@ class LogThrottle:
     def pending(self) -> list[tuple[Hashable, Tally]]:
         """Keys with events counted since their last line, and those counts (which are then reset)."""
         out = []
-        for key, t in self._keys.items():
-            if t.calls:
-                out.append((key, Tally(t.amount, t.calls, t.total, t.last_line)))
-                t.amount, t.calls, t.last_line = 0, 0, self.clock()
+        with self._lock:
+            for key, t in self._keys.items():
+                if t.calls:
+                    out.append((key, Tally(t.amount, t.calls, t.total, t.last_line)))
+                    t.amount, t.calls, t.last_line = 0, 0, self.clock()
         return out
 
     def reset(self, key: Hashable) -> None:
         """Forget key: its next event is logged at once (e.g. after the condition cleared)."""
-        self._keys.pop(key, None)
+        with self._lock:
+            self._keys.pop(key, None)

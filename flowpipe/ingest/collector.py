@@ -190,10 +190,14 @@ class Collector:
 
     def _judge(self, st: ClusterState, attempt: Attempt | None) -> None:
         """Count an attempt cut before it brought anything new; warn when it keeps happening."""
-        cluster = st.relay.cluster
         before = st.resume.stuck
         st.resume.judge(attempt)
-        stuck = st.resume.stuck
+        self._stuck_changed(st, before, attempt.received if attempt else 0)
+
+    def _stuck_changed(self, st: ClusterState, before: int, received: int = 0) -> None:
+        cluster, stuck = st.relay.cluster, st.resume.stuck
+        if stuck == before:
+            return
         self.metrics.attempts_without_progress.labels(cluster).set(stuck)
         if stuck >= STUCK_WARN_AFTER and st.logs.add(("stuck",)):
             log.warning(
@@ -202,7 +206,7 @@ class Collector:
                 cluster,
                 st.relay.address,
                 stuck,
-                attempt.received if attempt else 0,
+                received,
             )
         elif stuck == 0 and before >= STUCK_WARN_AFTER:
             log.info("[%s] relay %s delivers new flows again", cluster, st.relay.address)
@@ -330,7 +334,9 @@ class Collector:
         if dups:
             m.duplicates.labels(cluster).inc(dups)
         newest = pc.max(flows.column("time")).value if flows.num_rows else None
+        stuck = st.resume.stuck
         st.resume.decoded(newest, flows.num_rows)
+        self._stuck_changed(st, stuck)
         if not (flows.num_rows or events.num_rows):
             return True
         before = st.writer.rows

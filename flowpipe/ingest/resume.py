@@ -42,6 +42,8 @@ class ResumePoint:
     def decoded(self, newest_ns: int | None, new: int) -> None:
         """Flows of the current attempt were decoded: newest time among them, how many were new."""
         self._attempt_new += new
+        if new:
+            self.stuck = 0  # progress: the next attempt asks for the overlap again
         if newest_ns is None:
             return
         if self.newest_ns is None or newest_ns > self.newest_ns:

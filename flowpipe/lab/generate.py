@@ -56,23 +56,17 @@ STAGE_SPAN_NS = 300 * 1_000_000_000  # every stage's traffic fits in five minute
 
 
 def parse_start(text: str) -> int | None:
-    """'guide' -> None (the guide's timestamps), 'now' -> five minutes ago, or an RFC 3339 time (ns)."""
+    """'guide' -> None (the guide's timestamps), 'now' -> five minutes ago (the stage's traffic
+    ends now), else a time point: RFC 3339 or a duration before now (ns)."""
     import time
-    from datetime import datetime
 
-    from flowpipe.errors import ConfigError
+    from flowpipe.common import times
 
     if text == "guide":
         return None
     if text == "now":
         return time.time_ns() - STAGE_SPAN_NS
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"invalid --start {text!r}: use guide, now or an RFC 3339 time") from exc
-    if dt.tzinfo is None:
-        raise ConfigError(f"invalid --start {text!r}: give a time zone, e.g. 2025-10-02T14:45:00Z")
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    return times.parse_time_ns(text, "--start")
 
 
 def generate(
