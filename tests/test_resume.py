@@ -35,10 +35,21 @@ def test_an_attempt_cut_inside_the_overlap_narrows_the_next_one():
     rp.decoded(93 * S, new=0)  # only duplicates, cut before reaching 100 s
     rp.judge(CUT)
     assert rp.stuck == 1
-    assert rp.next_since() == 100 * S and rp.narrowed  # exactly the newest flow, inclusive
+    assert rp.narrow and rp.next_since() == 100 * S  # exactly the newest flow, inclusive
     rp.decoded(101 * S, new=99)
     rp.judge(CUT)
-    assert rp.stuck == 0 and rp.next_since() == 91 * S and not rp.narrowed
+    assert rp.stuck == 0 and not rp.narrow and rp.next_since() == 91 * S
+
+
+def test_an_attempt_cut_right_at_the_newest_flow_narrows_too():
+    """The K-th response of the resend is the newest flow itself: the same request again would
+    end the same way, forever; the next one asks from that flow instead."""
+    rp = ResumePoint(newest_ns=100 * S, overlap_ns=10 * S)
+    rp.next_since()
+    rp.decoded(100 * S, new=0)
+    rp.judge(CUT)
+    assert rp.stuck == 0  # it got back to what was stored: not a relay that brings nothing
+    assert rp.narrow and rp.next_since() == 100 * S
 
 
 def test_what_is_not_judged():
@@ -48,9 +59,7 @@ def test_what_is_not_judged():
     rp.judge(Attempt(received=50, cut=False))  # our watchdog, a pause or a stop
     rp.judge(None)
     assert rp.stuck == 0
-    rp.decoded(100 * S, new=0)  # a quiet cluster: got back to the newest flow, nothing newer
-    rp.judge(CUT)
-    assert rp.stuck == 0
+    assert rp.stuck == 0 and not rp.narrow and rp.next_since() == 90 * S
     first = ResumePoint(newest_ns=None, overlap_ns=10 * S)
     assert first.next_since() is None  # nothing stored: the collector's --since decides
     first.judge(CUT)

@@ -22,19 +22,23 @@ class ResumePoint:
     merges many nodes, so a flow can reach it after newer ones were sent; asking again for the
     overlap catches such late flows, and the duplicates it brings are dropped by key.
 
-    Progress guarantee: an attempt that is cut before it gets back to the newest flow it had
-    ('stuck': a proxy that cuts streams after K responses, with more than K flows in the
-    overlap) makes the next attempt ask from exactly the newest flow (inclusive): that one
-    starts with new flows at once, so every second attempt stores up to K new flows, however
-    dense the data. The limit: more flows sharing one nanosecond than a stream carries."""
+    Progress guarantee: an attempt that the relay or the network cut before it brought a new
+    flow (a proxy that cuts streams after K responses, with more than K flows in the overlap)
+    makes the next attempt ask from exactly the newest flow, inclusive: that attempt brings new
+    flows at once, so at least every second attempt stores up to K new flows, however dense the
+    data. The limit: more flows sharing one nanosecond than a stream carries.
+
+    `stuck` counts the attempts in a row that were cut before they even got back to the newest
+    flow already had (so: before anything new could come): a relay that lost its history, or
+    sends more node events than the stream carries. The collector warns and exports it."""
 
     def __init__(self, newest_ns: int | None, overlap_ns: int):
         self.overlap_ns = overlap_ns
         self.newest_ns = newest_ns  # newest flow decoded (or committed, after a store failure)
         self.committed_ns = newest_ns  # newest flow committed
         self.resend_until: int | None = None  # keep dedup keys until flows pass this time
-        self.stuck = 0  # attempts in a row that were cut before they brought anything new
-        self.narrowed = False  # the current attempt asked from the newest flow, no overlap
+        self.stuck = 0  # attempts in a row cut before they got back to the newest flow
+        self.narrow = False  # the next attempt asks from the newest flow, without the overlap
         self._dial_newest: int | None = None  # newest_ns when the current attempt was dialled
         self._attempt_newest: int | None = None  # newest flow decoded in the current attempt
         self._attempt_new = 0  # flows decoded in the current attempt that were not duplicates
@@ -43,7 +47,7 @@ class ResumePoint:
         """Flows of the current attempt were decoded: newest time among them, how many were new."""
         self._attempt_new += new
         if new:
-            self.stuck = 0  # progress: the next attempt asks for the overlap again
+            self.stuck, self.narrow = 0, False  # progress: the overlap is asked for again
         if newest_ns is None:
             return
         if self.newest_ns is None or newest_ns > self.newest_ns:
@@ -69,18 +73,21 @@ class ResumePoint:
         return self.resend_until is None
 
     def judge(self, last: Attempt | None) -> None:
-        """Count the attempt that just ended as stuck or not (every flow of it decoded)."""
+        """Judge the attempt that just ended (every flow of it decoded): progress or not."""
         if last is None or not last.cut or last.received == 0 or self._dial_newest is None:
             return  # nothing to judge: first dial, refused, paused, idle or stopped
+        if self._attempt_new:
+            self.stuck, self.narrow = 0, False
+            return
+        self.narrow = True  # cut before anything new: the next attempt skips the overlap
         caught_up = self._attempt_newest is not None and self._attempt_newest >= self._dial_newest
-        self.stuck = 0 if self._attempt_new or caught_up else self.stuck + 1
+        self.stuck = 0 if caught_up else self.stuck + 1
 
     def next_since(self) -> int | None:
         """`since` of the next attempt (None: nothing stored yet); starts counting that attempt."""
-        self.narrowed = self.stuck > 0
-        since = None
+        since = self.resend_until = None
         if self.newest_ns is not None:
-            since = self.newest_ns - (0 if self.narrowed else self.overlap_ns)
+            since = self.newest_ns - (0 if self.narrow else self.overlap_ns)
             # Relay sends again what it sent after `since`: keep dedup keys until the new
             # stream is past what we had (plus slack for flows out of time order)
             self.resend_until = self.newest_ns + RESEND_SLACK_NS
