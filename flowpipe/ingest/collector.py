@@ -159,13 +159,13 @@ class Collector:
 
     def _since(self, st: ClusterState, attempt: Attempt | None) -> int | None:
         # Called by the stream thread before each dial: let the flusher decode what is
-        # buffered first, so the resume point covers every flow already received.
+        # received first, so the resume point covers every flow already received. Asked for
+        # even when the inbox is empty: a flush may be decoding rows it took from it just now.
         deadline = time.monotonic() + 5
         inbox = st.inbox
         with inbox.lock:
-            if inbox.rows:
-                inbox.sync_requested = True  # flush() clears it once every row is decoded
-                self._wake.set()
+            inbox.sync_requested = True  # flush() clears it once every row is decoded
+            self._wake.set()
             while inbox.sync_requested and not self._stop.is_set() and time.monotonic() < deadline:
                 inbox.lock.wait(0.1)
             if not inbox.sync_requested:  # every flow of the last attempt is decoded
@@ -283,9 +283,10 @@ class Collector:
     def flush(self, st: ClusterState, force: bool = False) -> None:
         """Decode what arrived into the open files (a row group per batch) and commit them when due."""
         now = time.monotonic()
-        if now < st.trouble.retry_at and not force:
-            return  # the store failed: the stream is paused until retry_at
         inbox = st.inbox
+        if now < st.trouble.retry_at and not force:
+            _ack_sync(inbox)  # nothing is decoded meanwhile (the failure emptied the inbox)
+            return  # the store failed: the stream is paused until retry_at
         interval = self.cfg.flush_interval
         due = (
             force
@@ -307,9 +308,7 @@ class Collector:
             ok = self._decode_into_files(st, inbox.take(take))
             if ok and st.writer.rows >= self.cfg.flush_rows:
                 ok = self._commit(st)
-        with inbox.lock:
-            inbox.sync_requested = False
-            inbox.lock.notify_all()  # rows are decoded: a waiting _since() may read the resume point
+        _ack_sync(inbox)
         if ok and st.writer.rows and due:
             self._commit(st)
         self.metrics.buffered.labels(st.relay.cluster).set(st.buffered)
@@ -429,10 +428,12 @@ class Collector:
                     log.warning("[%s] %s: %s %s%s", cluster, state, nodes, status["message"], again)
 
     def _due(self, st: ClusterState, now: float) -> bool:
+        inbox = st.inbox
+        if inbox.sync_requested:
+            return True  # a re-dial waits (during a store failure, flush() only answers it)
         if now < st.trouble.retry_at:
             return False
-        inbox = st.inbox
-        if inbox.sync_requested or len(inbox.rows) >= DECODE_BATCH:
+        if len(inbox.rows) >= DECODE_BATCH:
             return True
         if inbox.rows and now - inbox.first_at >= self.cfg.flush_interval:
             return True
@@ -582,6 +583,15 @@ class Collector:
         except subprocess.TimeoutExpired:
             self._compactor.kill()
         self._reap_compaction()
+
+
+def _ack_sync(inbox: Inbox) -> None:
+    """Tell a waiting re-dial that every row received is decoded (if so; rows that arrived
+    during this flush, beyond its budget, wait for the next one)."""
+    with inbox.lock:
+        if inbox.sync_requested and not inbox.rows:
+            inbox.sync_requested = False
+            inbox.lock.notify_all()
 
 
 def _log_lost(cluster: str, source: str, tally: Tally) -> None:
