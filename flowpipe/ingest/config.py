@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from flowpipe.common import times
+from flowpipe.common.text import first_line
 from flowpipe.common.units import parse_duration, parse_size
 from flowpipe.errors import ConfigError
 from flowpipe.store.layout import check_cluster
@@ -115,8 +116,7 @@ def load_file(path: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config {path}: {first}") from exc
+        raise ConfigError(f"config {path}: {first_line(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
     return data
