@@ -135,12 +135,13 @@ class Collector:
         self._wake = threading.Event()
         self.fatal: str | None = None
         self._compactor: subprocess.Popen | None = None
+        self._database: subprocess.Popen | None = None  # writing flowpipe.duckdb at start
 
     # ------------------------------------------------------------------ set-up
 
     def _prepare(self) -> None:
         self.store.ensure()
-        _write_database(self.store)
+        self._database = _start_database(self.store)
         if n := self.store.clean_incoming():
             log.info("removed %d temporary files left by an interrupted writer", n)
 
@@ -164,8 +165,9 @@ class Collector:
         deadline = time.monotonic() + 5
         inbox = st.inbox
         with inbox.lock:
-            inbox.sync_requested = True  # flush() clears it once every row is decoded
-            self._wake.set()
+            if attempt is not None or inbox.rows:  # (the first dial has nothing to wait for)
+                inbox.sync_requested = True  # flush() clears it once every row is decoded
+                self._wake.set()
             while inbox.sync_requested and not self._stop.is_set() and time.monotonic() < deadline:
                 inbox.lock.wait(0.1)
             if not inbox.sync_requested:  # every flow of the last attempt is decoded
@@ -475,6 +477,14 @@ class Collector:
         for st in self.clusters.values():
             if not self._stop.is_set():
                 st.thread.start()
+        # the streams dial and receive while the views database is written; nothing is
+        # committed before it is: a store it cannot be written to stops here, with one line
+        if error := _database_error(self._database, self.store):
+            self.stop()
+            for st in self.clusters.values():
+                if st.thread and st.thread.is_alive():
+                    st.thread.join(timeout=5)
+            raise StoreError(error)
         last_progress = time.monotonic()
         last_compact = time.monotonic()
         while not self._stop.is_set():
@@ -631,15 +641,22 @@ def _fmt_ns(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
 
 
-def _write_database(store: Store) -> None:
-    """Refresh <store>/flowpipe.duckdb in a short-lived process: DuckDB stays out of the
-    collector's memory (about 50 MB of a long-running process)."""
+def _start_database(store: Store) -> subprocess.Popen:
+    """Refresh <store>/flowpipe.duckdb in a short-lived child process (DuckDB stays out of the
+    collector's memory: about 50 MB of a long-running process); the streams dial meanwhile."""
     code = "import sys; from flowpipe.store.layout import Store; from flowpipe.views import catalog; catalog.write_database(Store(sys.argv[1]))"
-    res = subprocess.run(
-        [sys.executable, "-c", code, str(store.root)], capture_output=True, text=True
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(store.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    if res.returncode != 0:
-        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-        raise StoreError(
-            lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb"
-        )
+
+
+def _database_error(proc: subprocess.Popen, store: Store) -> str | None:
+    """Wait for the database child: None when it succeeded, else its error as one line."""
+    err = proc.communicate()[1]
+    if proc.returncode == 0:
+        return None
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    return lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb"
