@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from flowpipe.common import times
 from flowpipe.common.throttle import LogThrottle, Tally
 from flowpipe.errors import FlowpipeError, StoreError
 from flowpipe.export.metrics import CollectorMetrics
+from flowpipe.ingest.children import Compactor, database_error, start_database
 from flowpipe.ingest.config import CollectConfig, RelayConfig
 from flowpipe.ingest.dedup import Deduper
 from flowpipe.ingest.resume import Attempt, ResumePoint
@@ -134,14 +134,14 @@ class Collector:
         self._stop = stop or threading.Event()  # may be set before run(): it then returns at once
         self._wake = threading.Event()
         self.fatal: str | None = None
-        self._compactor: subprocess.Popen | None = None
+        self._compactor = Compactor(store, settle=cfg.compact_settle, keep=cfg.keep)
         self._database: subprocess.Popen | None = None  # writing flowpipe.duckdb at start
 
     # ------------------------------------------------------------------ set-up
 
     def _prepare(self) -> None:
         self.store.ensure()
-        self._database = _start_database(self.store)
+        self._database = start_database(self.store)
         if n := self.store.clean_incoming():
             log.info("removed %d temporary files left by an interrupted writer", n)
 
@@ -479,7 +479,7 @@ class Collector:
                 st.thread.start()
         # the streams dial and receive while the views database is written; nothing is
         # committed before it is: a store it cannot be written to stops here, with one line
-        if error := _database_error(self._database, self.store):
+        if error := database_error(self._database, self.store):
             self.stop()
             for st in self.clusters.values():
                 if st.thread and st.thread.is_alive():
@@ -497,16 +497,15 @@ class Collector:
             if not self.cfg.quiet and now - last_progress >= self.cfg.progress_every:
                 self._progress(now - last_progress)
                 last_progress = now
-            if self._compactor is not None and self._compactor.poll() is not None:
-                self._reap_compaction()
+            self._compactor.poll()
             if self.cfg.compact_every and now - last_compact >= self.cfg.compact_every:
-                self._compact()
+                self._compactor.start()
                 last_compact = now
         self.stop()  # the event may have been set from outside: stop the streams too
         for st in self.clusters.values():
             if st.thread and st.thread.is_alive():
                 st.thread.join(timeout=5)
-        self._stop_compaction()
+        self._compactor.stop()
         unstored = 0
         for st in self.clusters.values():
             failures = st.trouble.failures
@@ -539,60 +538,6 @@ class Collector:
             )
             st.window_flows = 0
         log.info("progress: %s", "; ".join(parts))
-
-    def _compact(self) -> None:
-        """Start `flowpipe compact` in a child process unless one still runs: merges take
-        seconds to minutes of CPU and ~150 MB of memory, which stay out of the collector (no
-        GIL contention with receiving, memory back to the OS when the child exits)."""
-        if self._compactor is not None:
-            if self._compactor.poll() is None:
-                return
-            self._reap_compaction()
-        cmd = [
-            sys.executable,
-            "-m",
-            "flowpipe.cli",
-            "compact",
-            "--store",
-            str(self.store.root),
-            "--no-wait",
-            "--settle",
-            f"{self.cfg.compact_settle}s",
-        ]
-        if self.cfg.keep is not None:
-            cmd += ["--keep", f"{self.cfg.keep}s"]
-        try:
-            self._compactor = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        except OSError as exc:
-            log.error("compaction could not start: %s", exc)
-
-    def _reap_compaction(self) -> None:
-        """Log how the finished compaction child went."""
-        proc, self._compactor = self._compactor, None
-        if proc is None:
-            return
-        out, err = proc.communicate()
-        if proc.returncode == 0:
-            summary = out.strip().splitlines()[-1] if out.strip() else ""
-            if summary and not summary.startswith(("merged 0 files into 0", "skipped")):
-                log.info("compaction: %s", summary)
-        else:
-            lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-            log.error("compaction failed: %s", lines[-1] if lines else f"exit {proc.returncode}")
-
-    def _stop_compaction(self) -> None:
-        """Ask a running compaction child to stop (it drops its unfinished merge) and wait."""
-        if self._compactor is None:
-            return
-        if self._compactor.poll() is None:
-            self._compactor.send_signal(signal.SIGTERM)
-        try:
-            self._compactor.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._compactor.kill()
-        self._reap_compaction()
 
 
 def _ack_sync(inbox: Inbox) -> None:
@@ -639,24 +584,3 @@ def _fmt_ns(ns: int) -> str:
     from datetime import datetime
 
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
-
-
-def _start_database(store: Store) -> subprocess.Popen:
-    """Refresh <store>/flowpipe.duckdb in a short-lived child process (DuckDB stays out of the
-    collector's memory: about 50 MB of a long-running process); the streams dial meanwhile."""
-    code = "import sys; from flowpipe.store.layout import Store; from flowpipe.views import catalog; catalog.write_database(Store(sys.argv[1]))"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, str(store.root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _database_error(proc: subprocess.Popen, store: Store) -> str | None:
-    """Wait for the database child: None when it succeeded, else its error as one line."""
-    err = proc.communicate()[1]
-    if proc.returncode == 0:
-        return None
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    return lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb"
