@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from flowpipe.common import units
+from flowpipe.common.sql import datetime_ns
 from flowpipe.errors import ConfigError
 
 NS = 1_000_000_000
@@ -56,7 +57,5 @@ def parse_time(
 
 
 def _datetime_ns(dt: datetime) -> int:
-    """An aware or naive (taken as UTC) datetime -> ns since the epoch, without float rounding."""
-    dt = dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
+    """An aware or naive (taken as UTC) datetime -> ns since the epoch."""
+    return datetime_ns(dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC))

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from flowpipe.common.times import parse_time
 from flowpipe.errors import ConfigError, FlowpipeError, StoreError
 from flowpipe.policy import schema
 from flowpipe.policy import selectors as sel
 from flowpipe.policy.evaluate import Peer
 from flowpipe.policy.model import EGRESS, INGRESS
 from flowpipe.policy.whatif import Connection, connections_of, open_views, scan_store
-from flowpipe.rules.check import parse_time
 from flowpipe.store.layout import Store, check_cluster
 
 # identity labels that name a pod, a revision or Cilium's own metadata, not a workload

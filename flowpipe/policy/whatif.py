@@ -11,13 +11,13 @@ import duckdb
 
 from flowpipe.common.sql import datetime_ns
 from flowpipe.common.text import first_line
+from flowpipe.common.times import parse_time
 from flowpipe.errors import StoreError
 from flowpipe.policy import connections, loader, parse
 from flowpipe.policy import selectors as sel
 from flowpipe.policy.connections import Group
 from flowpipe.policy.evaluate import ALLOWED, DENIED, UNKNOWN, Evaluator, Peer, Request, Verdict
 from flowpipe.policy.model import EGRESS, INGRESS, Policy, Unsupported
-from flowpipe.rules.check import parse_time
 from flowpipe.rules.sandbox import window_files
 from flowpipe.store.layout import EVENTS, FLOWS, Store, check_cluster
 from flowpipe.views import catalog
