@@ -1,9 +1,19 @@
-"""The stored form of flow columns (packed uuids), and stored rows back to lossless Flow messages."""
+"""The stored form of flow and event rows (store format 2), and stored rows back to lossless Flow messages.
+
+Format 2 is read by Spark, DuckDB and pyarrow with no configuration: every protobuf Timestamp is
+an INT64 of nanoseconds since the epoch with no logical type (Spark refuses TIMESTAMP(NANOS)),
+and canonical uuids are packed into a FIXED_LEN_BYTE_ARRAY(16) `_uuid` with no UUID annotation
+(Spark refuses that too). Rows are clustered (`order_rows`) and columns encoded
+(`parquet_encoding`) so that files are small from their first write."""
 
 from __future__ import annotations
 
+import io
+from functools import cache
+
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
@@ -18,15 +28,31 @@ from flowpipe.codec.spec import (
     response_type,
 )
 
+UUID_BYTES = pa.binary(16)
+# Rows of a flows row group are sorted by these (then time): flows of one conversation sit
+# together, so dictionary indices run-length encode and zstd finds repeats (about a third
+# smaller than time order for a busy mesh; bench/storage.py). Time stays exact per row group
+# (Parquet statistics), which is what readers prune by.
+SORT_KEYS = (
+    "Type",
+    "verdict",
+    "event_type.type",
+    "source.pod_name",
+    "destination.pod_name",
+    "traffic_direction",
+    "is_reply",
+    "time",
+)
 
-def _raw_type(typ: pa.DataType) -> pa.DataType:
-    """typ with timestamps as int64, so to_pylist keeps every nanosecond."""
+
+def stored_type(typ: pa.DataType) -> pa.DataType:
+    """typ with timestamps as int64 nanoseconds (the stored form, exact to the nanosecond)."""
     if pa.types.is_timestamp(typ):
         return pa.int64()
     if pa.types.is_struct(typ):
-        return pa.struct([pa.field(f.name, _raw_type(f.type)) for f in typ])
+        return pa.struct([pa.field(f.name, stored_type(f.type)) for f in typ])
     if pa.types.is_list(typ):
-        return pa.list_(_raw_type(typ.value_type))
+        return pa.list_(stored_type(typ.value_type))
     return typ
 
 
@@ -67,28 +93,29 @@ def _fill(msg, d: dict) -> None:
             setattr(msg, name, value)
 
 
-UUID_TYPE = pa.uuid()
+def _times_to_int(table: pa.Table) -> pa.Table:
+    """table with every timestamp (top level or nested) as int64 nanoseconds."""
+    target = pa.schema([pa.field(f.name, stored_type(f.type)) for f in table.schema])
+    return table if target.equals(table.schema) else table.cast(target)
 
 
 def to_storage(flows: pa.Table) -> pa.Table:
-    """The stored form of a flows table: canonical uuids packed into 16 bytes (`_uuid`),
-    fingerprints kept only for flows without a uuid (the only ones deduplicated by it)."""
+    """The stored form of decoded flows: times as int64 ns, canonical uuids packed into 16 bytes
+    (`_uuid`), fingerprints kept only for flows without a uuid (the only ones deduplicated by it)."""
     col = _as_array(flows.column("uuid"))
     if col.offset:
         col = pa.concat_arrays([col])  # the C helper reads buffers from offset 0
     n = len(col)
     _, offsets, data = col.buffers()
-    packed16 = None
     if _wire is not None and n:
         packed, validity, count = _wire.pack_uuids(
             offsets.to_pybytes(), data.to_pybytes() if data is not None else b"", n
         )
-        storage = pa.Array.from_buffers(
-            pa.binary(16), n, [pa.py_buffer(validity), pa.py_buffer(packed)], n - count
+        packed16 = pa.Array.from_buffers(
+            UUID_BYTES, n, [pa.py_buffer(validity), pa.py_buffer(packed)], n - count
         )
-        packed16 = pa.ExtensionArray.from_storage(UUID_TYPE, storage)
     else:
-        packed16 = pa.array([_pack_uuid_py(u) for u in col.to_pylist()], UUID_TYPE)
+        packed16 = pa.array([_pack_uuid_py(u) for u in col.to_pylist()], UUID_BYTES)
     is_packed = packed16.is_valid()
     flows = flows.set_column(
         flows.schema.get_field_index("uuid"), "uuid", pc.if_else(is_packed, "", col)
@@ -96,7 +123,12 @@ def to_storage(flows: pa.Table) -> pa.Table:
     fp = flows.column("_fp")
     fp = pc.if_else(pc.equal(col, ""), fp, pa.scalar(None, pa.uint64()))
     flows = flows.set_column(flows.schema.get_field_index("_fp"), "_fp", fp)
-    return flows.append_column("_uuid", packed16)
+    return _times_to_int(flows.append_column("_uuid", packed16))
+
+
+def events_to_storage(events: pa.Table) -> pa.Table:
+    """The stored form of decoded events (node_status, lost_events): times as int64 ns."""
+    return _times_to_int(events)
 
 
 def _pack_uuid_py(u: str | None) -> bytes | None:
@@ -111,12 +143,25 @@ def _pack_uuid_py(u: str | None) -> bytes | None:
     return parsed.bytes if str(parsed) == u else None
 
 
+@cache
+def decoded_types() -> dict[str, pa.DataType]:
+    """Column name -> decoded Arrow type, for every stored flow and event column."""
+    out = {f.name: f.type for f in flow_type()}
+    out.update({f.name: f.type for f in response_type()})
+    return out
+
+
 def from_storage(table: pa.Table) -> pa.Table:
-    """Undo to_storage: the uuid column holds every flow's uuid string again."""
+    """Undo to_storage / events_to_storage on any subset of columns: uuid strings, timestamps."""
+    decoded = decoded_types()
+    for i, f in enumerate(table.schema):
+        want = decoded.get(f.name)
+        if want is not None and not f.type.equals(want) and f.type.equals(stored_type(want)):
+            table = table.set_column(i, f.name, table.column(i).cast(want))
     if "_uuid" not in table.column_names:
         return table
     packed = _as_array(table.column("_uuid"))
-    if isinstance(packed, pa.ExtensionArray):
+    if isinstance(packed, pa.ExtensionArray):  # a format-1 file (pa.uuid())
         packed = packed.storage
     if packed.offset:
         packed = pa.concat_arrays([packed])
@@ -145,9 +190,108 @@ def from_storage(table: pa.Table) -> pa.Table:
             [str(_uuid.UUID(bytes=b)) if b is not None else None for b in packed.to_pylist()],
             pa.string(),
         )
-    uuid_col = pc.coalesce(strings, _as_array(table.column("uuid")))
-    table = table.set_column(table.schema.get_field_index("uuid"), "uuid", uuid_col)
+    if "uuid" in table.column_names:
+        uuid_col = pc.coalesce(strings, _as_array(table.column("uuid")))
+        table = table.set_column(table.schema.get_field_index("uuid"), "uuid", uuid_col)
+    else:
+        table = table.append_column("uuid", strings)
     return table.drop_columns(["_uuid"])
+
+
+def is_format_1(schema: pa.Schema) -> bool:
+    """True for the schema of a file written in store format 1 (timestamp types, uuid extension)."""
+
+    def old(typ: pa.DataType) -> bool:
+        if pa.types.is_timestamp(typ) or isinstance(typ, pa.ExtensionType):
+            return True
+        if pa.types.is_struct(typ):
+            return any(old(f.type) for f in typ)
+        if pa.types.is_list(typ):
+            return old(typ.value_type)
+        return False
+
+    return any(old(f.type) for f in schema)
+
+
+def upgrade_format_1(table: pa.Table) -> pa.Table:
+    """A row group of a format-1 file (flows or events) in the stored form of format 2."""
+    if "_uuid" in table.column_names:
+        packed = _as_array(table.column("_uuid"))
+        if isinstance(packed, pa.ExtensionArray):
+            packed = packed.storage
+        table = table.set_column(table.schema.get_field_index("_uuid"), "_uuid", packed)
+    return _times_to_int(table)
+
+
+def order_rows(flows: pa.Table) -> pa.Table:
+    """Stored flow rows in SORT_KEYS order (columns a table lacks are left out of the key)."""
+    if flows.num_rows < 2:
+        return flows
+    keys = []
+    for path in SORT_KEYS:
+        head, *rest = path.split(".")
+        if head not in flows.column_names:
+            continue
+        col = flows.column(head)
+        try:
+            for name in rest:
+                col = pc.struct_field(col, name)
+        except (KeyError, pa.ArrowException):
+            continue
+        keys.append(col)
+    names = [f"k{i}" for i in range(len(keys))]
+    order = pc.sort_indices(
+        pa.table(keys, names=names), sort_keys=[(k, "ascending") for k in names]
+    )
+    return flows.take(order)
+
+
+# Columns whose values rarely repeat within a row group: a dictionary only costs there.
+_NO_DICTIONARY = ("_uuid", "_fp", "latency_ns", "source_port", "destination_port")
+
+
+@cache
+def _encoding_for(schema: pa.Schema) -> dict:
+    buf = io.BytesIO()
+    pq.write_table(schema.empty_table(), buf)
+    parquet_schema = pq.read_metadata(io.BytesIO(buf.getvalue())).schema
+    dictionary, encoding = [], {}
+    times = set(_time_paths(schema))
+    for i in range(len(parquet_schema)):
+        path = parquet_schema.column(i).path
+        if path in times:
+            encoding[path] = "DELTA_BINARY_PACKED"  # sorted-ish ns timestamps: small deltas
+        elif path.rsplit(".", 1)[-1] not in _NO_DICTIONARY:
+            dictionary.append(path)
+    return {"use_dictionary": dictionary, "column_encoding": encoding}
+
+
+def parquet_encoding(schema: pa.Schema) -> dict:
+    """pyarrow.parquet writer arguments (use_dictionary, column_encoding) for a stored schema."""
+    return _encoding_for(schema)
+
+
+def _time_paths(schema: pa.Schema) -> list[str]:
+    """Parquet column paths of the stored schema's timestamps (int64 ns where decoded types have
+    timestamps), e.g. time, lost_events.first."""
+    decoded = decoded_types()
+    out = []
+
+    def walk(path: str, typ: pa.DataType, want: pa.DataType) -> None:
+        if pa.types.is_timestamp(want) and pa.types.is_int64(typ):
+            out.append(path)
+        elif pa.types.is_struct(want) and pa.types.is_struct(typ):
+            for f in want:
+                idx = typ.get_field_index(f.name)
+                if idx >= 0:
+                    walk(f"{path}.{f.name}", typ.field(idx).type, f.type)
+        elif pa.types.is_list(want) and pa.types.is_list(typ):
+            walk(f"{path}.list.element", typ.value_type, want.value_type)
+
+    for f in schema:
+        if f.name in decoded:
+            walk(f.name, f.type, decoded[f.name])
+    return out
 
 
 def encode_flows(table: pa.Table | pa.RecordBatch) -> list[bytes]:
@@ -181,7 +325,7 @@ def encode_flows(table: pa.Table | pa.RecordBatch) -> list[bytes]:
 
 
 def _flows_python(struct: pa.StructArray) -> list[flow_pb2.Flow]:
-    rows = struct.cast(_raw_type(struct.type)).to_pylist()
+    rows = struct.cast(stored_type(struct.type)).to_pylist()  # keeps every nanosecond
     out = []
     for row in rows:
         flow = flow_pb2.Flow()
@@ -203,13 +347,13 @@ def _as_array(col) -> pa.Array:
 
 def storage_schema() -> pa.Schema:
     """Schema of stored flow files (flow fields, then _fp, _raw, _uuid)."""
-    fields = list(flow_type()) + [pa.field("_fp", pa.uint64()), pa.field("_raw", pa.binary())]
-    return pa.schema(fields + [pa.field("_uuid", UUID_TYPE)])
+    fields = [pa.field(f.name, stored_type(f.type)) for f in flow_type()]
+    fields += [pa.field("_fp", pa.uint64()), pa.field("_raw", pa.binary())]
+    return pa.schema(fields + [pa.field("_uuid", UUID_BYTES)])
 
 
 def events_schema() -> pa.Schema:
     """Schema of stored event files (node_status and lost_events responses)."""
     rt = response_type()
-    return pa.schema(
-        [rt.field("node_status"), rt.field("lost_events"), rt.field("node_name"), rt.field("time")]
-    )
+    names = ("node_status", "lost_events", "node_name", "time")
+    return pa.schema([pa.field(n, stored_type(rt.field(n).type)) for n in names])

@@ -29,12 +29,17 @@ def _utc(ns: int) -> tuple[datetime, int]:
 
 
 def timestamp_literal(ns: int) -> str:
-    """A TIMESTAMPTZ_NS literal of ns since the epoch (clamped to DuckDB's range).
-
-    The type of the stored `time` column, so DuckDB compares without a cast and pushes the
-    comparison into the Parquet scan."""
+    """A TIMESTAMPTZ_NS literal of ns since the epoch (clamped to DuckDB's range), the type of
+    the views' `time`. Over the stored BIGINT time (`_time_ns`, or `time` in a reader's WHERE)
+    use ns_literal: only that comparison prunes Parquet row groups."""
     when, frac = _utc(ns)
     return f"'{when:%Y-%m-%d %H:%M:%S}.{frac:09d}+00'::TIMESTAMPTZ_NS"
+
+
+def ns_literal(ns: int) -> str:
+    """An integer literal of ns since the epoch (clamped like timestamp_literal), to compare with
+    the stored time: a BIGINT, so DuckDB pushes the comparison into the Parquet scan."""
+    return str(min(max(int(ns), MIN_NS), MAX_NS))
 
 
 def date_literal(ns: int) -> str:

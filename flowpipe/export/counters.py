@@ -69,10 +69,11 @@ FLOW_SQL = {
         UNION ALL
         SELECT {_P}, lower(traffic_direction), 'l7/' || lower(l7_protocol), lower(verdict), count(*)
         FROM t WHERE event_type = 129 AND l7_protocol IS NOT NULL AND NOT coalesce(is_reply, false) GROUP BY ALL""",
-    "_newest": f"SELECT {_P}, epoch_ns(max(time)) FROM t GROUP BY ALL",
+    # the stored BIGINT time: its maximum comes from Parquet statistics, no row is converted
+    "_newest": f"SELECT {_P}, max({views.RAW_TIME}) FROM flows_proto GROUP BY ALL",
 }
 FLOW_COLUMNS = (
-    "cluster, date, hour, time, event_type, event_subtype, verdict, drop_reason_desc, l4_protocol, "
+    "cluster, date, hour, event_type, event_subtype, verdict, drop_reason_desc, l4_protocol, "
     "l7_protocol, l7_type, tcp_flags, ip_version, dst_port, is_reply, traffic_direction, policy_match, "
     "src_identity, http_method, http_code"
 )

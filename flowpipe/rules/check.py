@@ -10,7 +10,7 @@ from datetime import datetime
 
 import duckdb
 
-from flowpipe.common.sql import quote, timestamp_literal
+from flowpipe.common.sql import ns_literal, quote
 from flowpipe.common.text import first_line
 from flowpipe.common.times import parse_time
 from flowpipe.errors import ConfigError, RuleError, StoreError
@@ -19,6 +19,7 @@ from flowpipe.rules import rulefile as rules_mod
 from flowpipe.rules.rulefile import Rule, RuleFile
 from flowpipe.rules.status import Status, stage_verdict
 from flowpipe.store.layout import Store, check_cluster
+from flowpipe.views.catalog import RAW_TIME
 
 
 @dataclass
@@ -298,8 +299,8 @@ def _samples_together(
             # the files holding those rows, from a scan of the time column alone; then all the
             # columns of those few files (a wide scan of every file costs seconds)
             _, found = sb.run(
-                f"SELECT DISTINCT filename FROM {base}_proto_files WHERE time IN "
-                f"({', '.join(timestamp_literal(t) for t in sorted(set(at)))})",
+                f"SELECT DISTINCT filename FROM {base}_proto_files WHERE {RAW_TIME} IN "
+                f"({', '.join(ns_literal(t) for t in sorted(set(at)))})",
                 timeout,
             )
             sb.scope_all(only={f for (f,) in found})

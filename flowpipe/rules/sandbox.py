@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from flowpipe.common.sql import date_literal, datetime_ns, quote, quote_list, timestamp_literal
+from flowpipe.common.sql import date_literal, datetime_ns, ns_literal, quote, quote_list
 from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, RuleError, StoreError
 from flowpipe.store.layout import EVENTS, FLOWS, SCHEMA_CLUSTER, Store
@@ -427,12 +427,13 @@ class Sandbox:
     def _define(self, clusters: list[str], only: set[str] | None = None) -> None:
         names = ", ".join(map(quote, clusters))
         conds = [f"cluster = {names}" if len(clusters) == 1 else f"cluster IN ({names})"]
+        # over the stored columns: time is BIGINT ns there, so DuckDB prunes row groups by it
         if self.since:
             since = datetime_ns(self.since)
-            conds += [f"date >= {date_literal(since)}", f"time >= {timestamp_literal(since)}"]
+            conds += [f"date >= {date_literal(since)}", f"time >= {ns_literal(since)}"]
         if self.until:
             until = datetime_ns(self.until)
-            conds += [f"date <= {date_literal(until)}", f"time <= {timestamp_literal(until)}"]
+            conds += [f"date <= {date_literal(until)}", f"time <= {ns_literal(until)}"]
         files = {
             kind: list(dict.fromkeys(f for c in clusters for f in self.files[c][kind]))
             for kind in (FLOWS, EVENTS)

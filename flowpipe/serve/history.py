@@ -8,17 +8,19 @@ import duckdb
 import pyarrow as pa
 
 from flowpipe.codec import storage
-from flowpipe.common.sql import MAX_NS, SECOND, date_literal, quote, timestamp_literal
+from flowpipe.common.sql import MAX_NS, SECOND, date_literal, ns_literal, quote
 from flowpipe.serve.responses import lost_event_response, wrap_flow
 from flowpipe.store.compact import COMPACT_SUFFIX
 from flowpipe.store.layout import EVENTS, FLOWS, Store
+from flowpipe.views.catalog import RAW_TIME
 
+T = RAW_TIME  # the stored BIGINT ns: time predicates on it prune Parquet row groups
 JUMP = 256  # an empty window looks for the next match this many window widths ahead
 PAGE = 10_000  # flows per query and per reconstruction batch (a query costs ~0.1-0.3 s however few it returns)
 KEY_UUID = "coalesce(CAST(_uuid AS VARCHAR), uuid, '')"
 KEY_FP = "coalesce(_fp, 0)"
-COLUMNS = f"* EXCLUDE (_uuid, uuid, filename, date, hour), {KEY_UUID} AS uuid, {KEY_FP} AS k_fp, epoch_ns(time) AS k_t"
-ORDER = "time, cluster, uuid, k_fp"
+COLUMNS = f"* EXCLUDE (_uuid, uuid, filename, date, hour, {T}), {KEY_UUID} AS uuid, {KEY_FP} AS k_fp, {T} AS k_t"
+ORDER = "k_t, cluster, uuid, k_fp"
 # (time ns, cluster, uuid, fingerprint): a total order of stored flows
 Key = tuple[int, str, str, int]
 
@@ -64,8 +66,8 @@ class StoreReader:
         """Time of the first matching flow with t <= time <= until: skips gaps without empty windows."""
         with self.store.read_lock():
             row = self.con.sql(
-                f"SELECT epoch_ns(min(time)) FROM flows_proto_files WHERE time >= {timestamp_literal(t)} "
-                f"AND time <= {timestamp_literal(until)} AND date >= {date_literal(t)} AND date <= {date_literal(until)} "
+                f"SELECT min({T}) FROM flows_proto_files WHERE {T} >= {ns_literal(t)} "
+                f"AND {T} <= {ns_literal(until)} AND date >= {date_literal(t)} AND date <= {date_literal(until)} "
                 f"AND {self._scope(files)} AND {self.where}"
             ).fetchall()[0]
         return row[0]
@@ -74,7 +76,7 @@ class StoreReader:
         """Oldest and newest flow time in scope, and how many flows (matching or not) are there."""
         with self.store.read_lock():
             row = self.con.sql(
-                "SELECT epoch_ns(min(time)), epoch_ns(max(time)), count(*) FROM flows_proto_files "
+                f"SELECT min({T}), max({T}), count(*) FROM flows_proto_files "
                 f"WHERE {self._scope(files)}"
             ).fetchall()[0]
         return None if row is None or row[0] is None else (row[0], row[1], row[2])
@@ -82,9 +84,9 @@ class StoreReader:
     def nth_newest(self, n: int) -> Key | None:
         """Key of the n-th newest matching flow (None when fewer match)."""
         query = (
-            f"SELECT epoch_ns(time), cluster, {KEY_UUID}, {KEY_FP} FROM flows_proto_files "
-            f"WHERE time IS NOT NULL AND {self._scope(None)} AND {self.where} "
-            f"ORDER BY time DESC, cluster DESC, {KEY_UUID} DESC, {KEY_FP} DESC LIMIT 1 OFFSET {min(n, 1 << 62) - 1}"
+            f"SELECT {T}, cluster, {KEY_UUID}, {KEY_FP} FROM flows_proto_files "
+            f"WHERE {T} IS NOT NULL AND {self._scope(None)} AND {self.where} "
+            f"ORDER BY {T} DESC, cluster DESC, {KEY_UUID} DESC, {KEY_FP} DESC LIMIT 1 OFFSET {min(n, 1 << 62) - 1}"
         )
         with self.store.read_lock():
             rows = self.con.sql(query).fetchall()
@@ -101,8 +103,8 @@ class StoreReader:
     ) -> pa.Table:
         """Matching flows with lo <= time < hi after key `after`, in key order, at most limit."""
         conds = [
-            f"time >= {timestamp_literal(lo)}",
-            f"time < {timestamp_literal(hi)}",
+            f"{T} >= {ns_literal(lo)}",
+            f"{T} < {ns_literal(hi)}",
             f"date >= {date_literal(lo)}",
             f"date <= {date_literal(hi)}",
             self._scope(files),
@@ -112,7 +114,7 @@ class StoreReader:
             t, c, u, f = after
             last = ">=" if inclusive else ">"
             conds.append(
-                f"(time > {timestamp_literal(t)} OR (time = {timestamp_literal(t)} AND (cluster > {quote(c)} OR (cluster = "
+                f"({T} > {ns_literal(t)} OR ({T} = {ns_literal(t)} AND (cluster > {quote(c)} OR (cluster = "
                 f"{quote(c)} AND ({KEY_UUID} > {quote(u)} OR ({KEY_UUID} = {quote(u)} "
                 f"AND {KEY_FP} {last} {int(f)}))))))"
             )
@@ -123,10 +125,10 @@ class StoreReader:
     def lost_events(self, lo: int, hi: int, files: set[str] | None) -> list[tuple[int, bytes]]:
         """(time, serialized response) of stored LostEvents with lo <= time <= hi."""
         query = (
-            "SELECT epoch_ns(time), lost_events.source, lost_events.num_events_lost, lost_events.cpu, "
+            f"SELECT {T}, lost_events.source, lost_events.num_events_lost, lost_events.cpu, "
             "epoch_ns(lost_events.first), epoch_ns(lost_events.last), node_name FROM events_proto_files "
-            f"WHERE lost_events IS NOT NULL AND time >= {timestamp_literal(lo)} AND time <= {timestamp_literal(hi)} "
-            f"AND {self._scope(files)} ORDER BY time"
+            f"WHERE lost_events IS NOT NULL AND {T} >= {ns_literal(lo)} AND {T} <= {ns_literal(hi)} "
+            f"AND {self._scope(files)} ORDER BY {T}"
         )
         with self.store.read_lock():
             rows = self.con.sql(query).fetchall()
@@ -142,7 +144,7 @@ class StoreReader:
 
     def any_after(self, t: int, files: set[str]) -> bool:
         """Whether any flow (matching or not) in files is newer than t (ends a stream with until)."""
-        return self._count(f"time > {timestamp_literal(t)}", files=files) > 0
+        return self._count(f"{T} > {ns_literal(t)}", files=files) > 0
 
 
 def _chunks(table: pa.Table) -> list[tuple[int, bytes]]:

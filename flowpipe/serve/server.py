@@ -18,7 +18,7 @@ import grpc
 from flowpipe import __version__
 from flowpipe.api.observer import observer_pb2
 from flowpipe.api.relay import relay_pb2
-from flowpipe.common.sql import MAX_NS, MIN_NS, SECOND, timestamp_literal
+from flowpipe.common.sql import MAX_NS, MIN_NS, SECOND, ns_literal
 from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, FilterError, StoreError
 from flowpipe.serve import filters
@@ -255,9 +255,9 @@ class ObserverService:
 
     def ServerStatus(self, request, context) -> observer_pb2.ServerStatusResponse:
         """Flow counts over the whole store; flows_rate over the last minute of flow times."""
-        minute_ago = timestamp_literal(time.time_ns() - 60 * SECOND)
+        minute_ago = ns_literal(time.time_ns() - 60 * SECOND)
         total, recent = self._rows(
-            f"SELECT count(*), count(*) FILTER (WHERE time >= {minute_ago}) FROM flows_proto"
+            f"SELECT count(*), count(*) FILTER (WHERE {views.RAW_TIME} >= {minute_ago}) FROM flows_proto"
         )[0]
         nodes = self._rows("SELECT count(DISTINCT cluster || '/' || node_name) FROM flows_proto")[
             0

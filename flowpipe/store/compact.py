@@ -19,13 +19,14 @@ from flowpipe.errors import StoreError
 from flowpipe.store.layout import (
     EVENTS,
     FLOWS,
-    PARQUET_OPTIONS,
     SCHEMA_CLUSTER,
     Store,
     _describe_os_error,
     _dir_hour_ns,
     _fsync_dir,
     now_ns,
+    stored_rows,
+    write_options,
 )
 
 HOUR_NS = 3_600_000_000_000
@@ -199,6 +200,7 @@ def _merge(
     except (OSError, pa.ArrowException) as exc:
         raise StoreError(f"store {store.root}: cannot read {part}: {exc}") from exc
     schema = pa.unify_schemas(schemas)
+    kind = part.parent.parent.parent.name  # flows or events
     outputs: list[tuple[Path, Path]] = []
     writer = None
     written = 0
@@ -210,7 +212,7 @@ def _merge(
         name = f"part-{first_ns:019d}-{uuid.uuid4().hex[:12]}{tag}{COMPACT_SUFFIX}"
         tmp = store.tmp_path(name)
         outputs.append((tmp, part / name))
-        return pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)
+        return pq.ParquetWriter(tmp, schema, **write_options(schema))
 
     def flush(final: bool = False) -> None:
         """Write whole row groups of the pending rows (the rest too when final)."""
@@ -226,10 +228,10 @@ def _merge(
         if writer is None or written >= TARGET_FILE_BYTES:
             if writer is not None:
                 writer.close()
-            first = pc.min(table.column("time")).value if "time" in table.column_names else None
+            first = pc.min(table.column("time")).as_py() if "time" in table.column_names else None
             writer = new_writer(max(first or 0, 0))
             written = 0
-        out = table.slice(0, cut)
+        out = stored_rows(kind, table.slice(0, cut), ROW_GROUP)
         writer.write_table(out, row_group_size=ROW_GROUP)
         written += out.nbytes // 4  # compressed size is not known until close; ~4x is typical
 

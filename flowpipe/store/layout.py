@@ -30,9 +30,18 @@ LOCK = ".lock"
 DB_FILE = "flowpipe.duckdb"
 ENV = "FLOWPIPE_STORE"
 CLUSTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True}
-FORMAT_VERSION = "1"
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
+# Store format: 2 stores times as plain INT64 ns and uuids as plain 16 bytes (codec.storage), which
+# Spark reads; 1 (flowpipe before this) used TIMESTAMP(NANOS) and UUID types. The schema file
+# under cluster=_schema names it; `flowpipe migrate` converts a format-1 store in place.
+FORMAT_VERSION = "2"
+ROW_GROUP = 256 * 1024  # rows: import writes a file of at most this many rows as one row group
 SCHEMA_CLUSTER = "_schema"  # cannot clash: cluster names start with a letter or digit
+
+
+def write_options(schema: pa.Schema) -> dict:
+    """pyarrow.parquet writer arguments for stored files of schema (compression, encodings)."""
+    return {**PARQUET_OPTIONS, **storage.parquet_encoding(schema)}
 
 
 def check_cluster(name: str) -> str:
@@ -93,10 +102,35 @@ class Store:
             store.ensure()
         elif not (store.root / FLOWS).is_dir():
             raise StoreError(f"no flowpipe store at {store.root} (run collect or import first)")
+        else:
+            store.check_format()
         return store
 
+    def format_version(self) -> str | None:
+        """The store format its schema files name (the oldest when a migration is unfinished);
+        None for a store without schema files (a new one)."""
+        found = sorted(
+            p.name[len("schema-v") : -len(".parquet")]
+            for kind in (FLOWS, EVENTS)
+            for p in self._schema_dir(kind).glob("schema-v*.parquet")
+        )
+        return min(found, key=int) if found else None
+
+    def check_format(self) -> None:
+        """Raise StoreError (one line: run migrate) unless the store is in FORMAT_VERSION."""
+        found = self.format_version()
+        if found is not None and found != FORMAT_VERSION:
+            raise StoreError(
+                f"store {self.root} is in format {found} (an older flowpipe wrote it); convert it "
+                f"once with: flowpipe migrate --store {self.root}"
+            )
+
+    def _schema_dir(self, kind: str) -> Path:
+        return self.root / kind / f"cluster={SCHEMA_CLUSTER}" / "date=1970-01-01" / "hour=00"
+
     def ensure(self) -> None:
-        """Create the store directories."""
+        """Create the store directories (StoreError for a store in an older format)."""
+        self.check_format()
         try:
             for sub in (FLOWS, EVENTS, INCOMING):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -111,7 +145,7 @@ class Store:
         # An empty file with the current schema in every glob: views work on an empty store,
         # and union_by_name gives old files the columns newer versions added.
         for kind, sch in ((FLOWS, storage.storage_schema()), (EVENTS, storage.events_schema())):
-            d = self.root / kind / f"cluster={SCHEMA_CLUSTER}" / "date=1970-01-01" / "hour=00"
+            d = self._schema_dir(kind)
             path = d / f"schema-v{FORMAT_VERSION}.parquet"
             if path.exists():
                 continue
@@ -235,7 +269,9 @@ class Store:
                 if table is None or table.num_rows == 0:
                     continue
                 for hour_ns, part in _by_hour(table):
-                    tmp, final, size = self._write_tmp(kind, cluster, hour_ns, part)
+                    tmp, final, size = self._write_tmp(
+                        kind, cluster, hour_ns, stored_rows(kind, part)
+                    )
                     result.pending.append((tmp, final))
                     result.bytes += size
                 if kind == FLOWS:
@@ -285,14 +321,14 @@ class Store:
         self, kind: str, cluster: str, hour_ns: int, table: pa.Table
     ) -> tuple[Path, Path, int]:
         final_dir = self.partition_dir(kind, cluster, hour_ns)
-        first = pc.min(table.column("time")).value if table.num_rows else 0
+        first = pc.min(table.column("time")).as_py() if table.num_rows else 0
         name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
         what = f"writing {final_dir.relative_to(self.root) / name}"
         tmp = self.root / INCOMING / f"{name}.tmp"
         try:
             tmp = self.tmp_path(name)
             with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, **PARQUET_OPTIONS, row_group_size=256 * 1024)
+                pq.write_table(table, fh, **write_options(table.schema), row_group_size=ROW_GROUP)
                 fh.flush()
                 os.fsync(fh.fileno())
             return tmp, final_dir / name, tmp.stat().st_size
@@ -436,24 +472,38 @@ def time_spans(path: Path) -> list[tuple[int, int | None, int | None]]:
 
 
 def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
-    """Split table by the hour of its time column (rows without time go to hour 0), sorted by time."""
+    """Split table by the hour of its time column (rows without time go to hour 0)."""
     hour_ns = 3_600_000_000_000
     times = table.column("time").cast(pa.int64()).fill_null(0)
     hours = pc.multiply(pc.divide(times, hour_ns), hour_ns)  # integer division
     span = pc.min_max(hours)
     if span["min"] == span["max"]:
-        # the usual case (one flush, one hour): skip the filter copy; sort only if needed
-        ordered = (
-            len(times) < 2
-            or pc.all(pc.less_equal(times.slice(0, len(times) - 1), times.slice(1))).as_py()
-        )
-        yield span["min"].as_py(), table if ordered else table.take(pc.sort_indices(times))
+        yield span["min"].as_py(), table  # the usual case (one flush, one hour): no copy
         return
     table = table.append_column("__hour", hours)
     for h in pc.unique(hours).to_pylist():
-        part = table.filter(pc.equal(table.column("__hour"), h)).drop_columns(["__hour"])
-        order = pc.sort_indices(part.column("time"))
-        yield h, part.take(order)
+        yield h, table.filter(pc.equal(table.column("__hour"), h)).drop_columns(["__hour"])
+
+
+def stored_rows(kind: str, table: pa.Table, group: int = ROW_GROUP) -> pa.Table:
+    """Rows in stored order, events in stored form: flows clustered by storage.order_rows within
+    each run of `group` rows (runs in time order, so row groups stay narrow in time), events by time."""
+    if kind == EVENTS:
+        table = storage.events_to_storage(table)
+    elif not pa.types.is_integer(table.schema.field("time").type):
+        raise ValueError("flows must be in stored form (codec.storage.to_storage) to be written")
+    if table.num_rows < 2:
+        return table
+    times = table.column("time")
+    if not pc.all(pc.less_equal(times[:-1], times[1:])).as_py():
+        table = table.take(pc.sort_indices(times))
+    if kind == EVENTS:
+        return table
+    if table.num_rows <= group:
+        return storage.order_rows(table)
+    return pa.concat_tables(
+        storage.order_rows(table.slice(i, group)) for i in range(0, table.num_rows, group)
+    )
 
 
 def now_ns() -> int:

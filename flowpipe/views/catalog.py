@@ -8,7 +8,9 @@ import uuid
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
+from flowpipe.codec import storage, summary
 from flowpipe.common.sql import quote, quote_list
 from flowpipe.store.layout import DB_FILE, EVENTS, FLOWS, INCOMING, Store, StoreError
 from flowpipe.views import columns
@@ -37,6 +39,53 @@ def _reader(
     )
 
 
+RAW_TIME = (
+    "_time_ns"  # the stored time (BIGINT ns) beside the converted one, for pruning predicates
+)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _decoded_sql(expr: str, stored: pa.DataType, decoded: pa.DataType) -> str | None:
+    """SQL turning a stored value (codec.storage) back into its decoded type; None when equal."""
+    if pa.types.is_timestamp(decoded) and pa.types.is_integer(stored):
+        # TIMESTAMPTZ_NS whatever the session's TimeZone (a cast from TIMESTAMP_NS would shift)
+        return f"timezone('UTC', make_timestamp_ns({expr}))"
+    if pa.types.is_struct(decoded) and pa.types.is_struct(stored):
+        parts, changed = [], False
+        for f in decoded:
+            sub = f"{expr}.{_ident(f.name)}"
+            conv = _decoded_sql(sub, stored.field(f.name).type, f.type)
+            changed |= conv is not None
+            parts.append(f"{quote(f.name)}: {conv or sub}")
+        if not changed:
+            return None
+        return f"CASE WHEN {expr} IS NULL THEN NULL ELSE {{{', '.join(parts)}}} END"
+    if pa.types.is_list(decoded) and pa.types.is_list(stored):
+        conv = _decoded_sql("x", stored.value_type, decoded.value_type)
+        return None if conv is None else f"list_transform({expr}, lambda x: {conv})"
+    return None
+
+
+def _stored_select(kind: str) -> str:
+    """The select list that gives a stored file's columns their decoded types (times as
+    TIMESTAMPTZ_NS, `_uuid` as UUID, the whole Summary), plus the stored time as RAW_TIME."""
+    schema = storage.storage_schema() if kind == FLOWS else storage.events_schema()
+    decoded = storage.decoded_types()
+    replace = []
+    for f in schema:
+        conv = _decoded_sql(_ident(f.name), f.type, decoded[f.name]) if f.name in decoded else None
+        if conv is not None:
+            replace.append(f"{conv} AS {_ident(f.name)}")
+    if "_uuid" in schema.names:
+        replace.append("CAST(_uuid AS UUID) AS _uuid")
+    if "Summary" in schema.names:  # stored only where it differs from the derived text
+        replace.append(f'coalesce("Summary", {summary.SQL}) AS "Summary"')
+    return f"* REPLACE ({', '.join(replace)}), time AS {RAW_TIME}"
+
+
 def view_sql(
     store: Store,
     *,
@@ -51,7 +100,9 @@ def view_sql(
     flat = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in columns.flat_columns())
     events = ",\n  ".join(f"{expr} AS {name}" for name, expr, _ in columns.event_columns())
     files = files or {}
-    cond = f" WHERE {where}" if where else ""  # on stored columns (cluster, date, hour, time)
+    # on stored columns (cluster, date, hour, time as BIGINT ns): pushed into the Parquet scan
+    cond = f" WHERE {where}" if where else ""
+    fsel, esel = _stored_select(FLOWS), _stored_select(EVENTS)
 
     def reader(kind: str) -> str:
         return _reader(
@@ -62,11 +113,11 @@ def view_sql(
         )
 
     stmts = [
-        f"CREATE OR REPLACE VIEW flows_proto AS SELECT * FROM {reader(FLOWS)}{cond}",
-        f"CREATE OR REPLACE VIEW events_proto AS SELECT * FROM {reader(EVENTS)}{cond}",
+        f"CREATE OR REPLACE VIEW flows_proto AS SELECT {fsel} FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto AS SELECT {esel} FROM {reader(EVENTS)}{cond}",
         # the same rows plus the file each came from: serve follows newly committed files
-        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT *, filename FROM {reader(FLOWS)}{cond}",
-        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT *, filename FROM {reader(EVENTS)}{cond}",
+        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT {fsel}, filename FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT {esel}, filename FROM {reader(EVENTS)}{cond}",
         f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]
