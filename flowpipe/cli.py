@@ -409,6 +409,35 @@ def compact(
     click.echo(report.summary())
 
 
+@main.command()
+@store_option
+@handle_errors
+def migrate(store_path: str | None) -> None:
+    """Convert a store written by an older flowpipe to the current format, in place.
+
+    Every file is rewritten and renamed over itself atomically; an interrupted run resumes where
+    it stopped. Stop collectors writing to the store first; readers that meet a store still being
+    migrated ask for this command again.
+
+    Example:
+
+        flowpipe migrate --store ./store
+    """
+    from flowpipe.store import migrate as migrate_mod
+    from flowpipe.views import catalog
+
+    store = Store.open(store_path, check_format=False)
+    stop = threading.Event()  # SIGTERM/SIGINT: finish the file being converted, then stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    report = migrate_mod.migrate(store, stop=stop)
+    if not report.stopped and (store.root / catalog.DB_FILE).exists():
+        catalog.write_database(store)  # its views read the stored columns of the new format
+    click.echo(report.summary(store.root))
+    if report.stopped:
+        sys.exit(EXIT_FAILED)
+
+
 # ---- import
 
 

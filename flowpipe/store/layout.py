@@ -91,8 +91,11 @@ class Store:
     # -------------------------------------------------------------- layout
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str] | None, *, create: bool = False) -> Store:
-        """The store at root (or $FLOWPIPE_STORE); raise StoreError when it does not exist."""
+    def open(
+        cls, root: str | os.PathLike[str] | None, *, create: bool = False, check_format: bool = True
+    ) -> Store:
+        """The store at root (or $FLOWPIPE_STORE); raise StoreError when it does not exist or is
+        in an older format (check_format=False: open it anyway, for migrate)."""
         if root is None:
             root = os.environ.get(ENV)
         if not root:
@@ -102,7 +105,7 @@ class Store:
             store.ensure()
         elif not (store.root / FLOWS).is_dir():
             raise StoreError(f"no flowpipe store at {store.root} (run collect or import first)")
-        else:
+        elif check_format:
             store.check_format()
         return store
 
@@ -153,6 +156,32 @@ class Store:
             tmp = self.tmp_path(f"{kind}-schema.parquet")
             pq.write_table(sch.empty_table(), tmp)
             os.rename(tmp, path)
+
+    def finish_format(self) -> None:
+        """Name FORMAT_VERSION in the schema files, then remove older ones (the end of migrate)."""
+        try:
+            self._write_schema_files()
+            for kind in (FLOWS, EVENTS):
+                d = self._schema_dir(kind)
+                for old in d.glob("schema-v*.parquet"):
+                    if old.name != f"schema-v{FORMAT_VERSION}.parquet":
+                        old.unlink()
+                _fsync_dir(d)
+        except OSError as exc:
+            raise StoreError(
+                f"store {self.root}: {_describe_os_error(exc, 'writing its schema files')}"
+            ) from exc
+
+    def live_writers(self) -> int:
+        """How many other live processes hold a writer token of this store (see tmp_path)."""
+        mine = {
+            t for (pid, root), t in _TOKENS.items() if pid == os.getpid() and root == str(self.root)
+        }
+        return sum(
+            1
+            for lock in (self.root / INCOMING).glob("*.lock")
+            if lock.name[: -len(".lock")] not in mine and _locked(lock)
+        )
 
     def tmp_path(self, name: str) -> Path:
         """A temporary file for name under .incoming/, tagged with this process's writer token.

@@ -87,7 +87,7 @@ class StreamWriter:
         key = (kind, hour_ns)
         if key not in self._open:
             final_dir = self.store.partition_dir(kind, self.cluster, hour_ns)
-            first = pc.min(part.column("time")).as_py() or 0
+            first = pc.min(part.column("time").cast(pa.int64())).as_py() or 0
             name = f"part-{first:019d}-{uuid.uuid4().hex[:12]}.parquet"
             tmp = self.store.tmp_path(name)
             schema = stored_rows(kind, part.slice(0, 0)).schema
