@@ -40,9 +40,9 @@ from flowpipe.lab import generate as lab
 from flowpipe.store import compact
 from flowpipe.store.layout import Store
 
-VERSION = 1  # bump when the content changes: cached templates and stores are rebuilt
+VERSION = 2  # bump when the content changes: cached templates and stores are rebuilt
 LAYOUT = (
-    4  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
+    5  # bump when the file layout changes (what store.write and compact do): stores are rebuilt
 )
 BASE = Path(os.environ.get("FLOWPIPE_BENCH_DIR", "/tmp/flowpipe-bench"))
 CLUSTERS = ("cluster1", "cluster2")
@@ -231,7 +231,7 @@ def _write_cluster(root: str, meta: Meta, cluster: str) -> tuple[float, float, s
         )
         part = part.set_column(ti, "time", pa.array(c.times, pa.int64()).cast(ttype))
         ids = pa.Array.from_buffers(pa.binary(16), c.hi - c.lo, [None, pa.py_buffer(c.uuids)])
-        part = part.set_column(ui, "_uuid", pa.ExtensionArray.from_storage(storage.UUID_TYPE, ids))
+        part = part.set_column(ui, "_uuid", ids)
         a, b = bisect.bisect_left(lab_ns, c.t_lo), bisect.bisect_left(lab_ns, c.t_hi)
         if b > a:
             part = pa.concat_tables(

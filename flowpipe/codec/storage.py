@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from flowpipe.api.flow import flow_pb2
 from flowpipe.api.observer import observer_pb2
+from flowpipe.codec import summary
 from flowpipe.codec.spec import (
     K_MESSAGE,
     K_TIMESTAMP,
@@ -101,7 +102,8 @@ def _times_to_int(table: pa.Table) -> pa.Table:
 
 def to_storage(flows: pa.Table) -> pa.Table:
     """The stored form of decoded flows: times as int64 ns, canonical uuids packed into 16 bytes
-    (`_uuid`), fingerprints kept only for flows without a uuid (the only ones deduplicated by it)."""
+    (`_uuid`), fingerprints kept only for flows without a uuid (the only ones deduplicated by it),
+    Summary only where it differs from the text derived from the other fields (codec.summary)."""
     col = _as_array(flows.column("uuid"))
     if col.offset:
         col = pa.concat_arrays([col])  # the C helper reads buffers from offset 0
@@ -123,7 +125,7 @@ def to_storage(flows: pa.Table) -> pa.Table:
     fp = flows.column("_fp")
     fp = pc.if_else(pc.equal(col, ""), fp, pa.scalar(None, pa.uint64()))
     flows = flows.set_column(flows.schema.get_field_index("_fp"), "_fp", fp)
-    return _times_to_int(flows.append_column("_uuid", packed16))
+    return _times_to_int(summary.elide(flows).append_column("_uuid", packed16))
 
 
 def events_to_storage(events: pa.Table) -> pa.Table:
@@ -152,7 +154,10 @@ def decoded_types() -> dict[str, pa.DataType]:
 
 
 def from_storage(table: pa.Table) -> pa.Table:
-    """Undo to_storage / events_to_storage on any subset of columns: uuid strings, timestamps."""
+    """Undo to_storage / events_to_storage on any subset of columns: uuid strings, timestamps and
+    (when Type, l4 and l7 are there too) Summary."""
+    if {"Summary", "Type", "l4", "l7"} <= set(table.column_names):
+        table = summary.restore(table)
     decoded = decoded_types()
     for i, f in enumerate(table.schema):
         want = decoded.get(f.name)
@@ -220,6 +225,8 @@ def upgrade_format_1(table: pa.Table) -> pa.Table:
         if isinstance(packed, pa.ExtensionArray):
             packed = packed.storage
         table = table.set_column(table.schema.get_field_index("_uuid"), "_uuid", packed)
+    if {"Summary", "Type", "l4", "l7"} <= set(table.column_names):
+        table = summary.elide(table)
     return _times_to_int(table)
 
 
