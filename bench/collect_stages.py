@@ -22,7 +22,7 @@ from flowpipe.ingest.config import CollectConfig, RelayConfig, TLSConfig
 from flowpipe.ingest.dedup import Deduper
 from flowpipe.ingest.stream import FlowStream
 from flowpipe.store import layout as store_mod
-from flowpipe.store.layout import PARQUET_OPTIONS, Store
+from flowpipe.store.layout import FLOWS, Store, stored_rows, write_options
 
 
 def receive_cost(n: int) -> dict[str, float]:
@@ -89,7 +89,7 @@ def flush_costs(batches: list[list[bytes]], tmp: str) -> dict[str, list[float]]:
         flows, _ = timed("dedup (Deduper.filter)", n, deduper.filter, flows)
         stored = timed("to_storage (storage.to_storage)", n, storage.to_storage, flows)
         parts = timed(
-            "by-hour filter+sort+take (store._by_hour)",
+            "by-hour split (layout._by_hour)",
             n,
             lambda t: list(store_mod._by_hour(t)),
             stored,
@@ -100,12 +100,13 @@ def flush_costs(batches: list[list[bytes]], tmp: str) -> dict[str, list[float]]:
 
         def write(table: pa.Table) -> None:
             with open(out, "wb") as fh:
-                pq.write_table(table, fh, **PARQUET_OPTIONS, row_group_size=256 * 1024)
+                pq.write_table(table, fh, **write_options(table.schema), row_group_size=256 * 1024)
                 fh.flush()
                 os.fsync(fh.fileno())
 
         for _, part in parts:
-            timed("parquet write zstd-3 + fsync", n, write, part)
+            part = timed("row order (layout.stored_rows)", n, stored_rows, FLOWS, part)
+            timed("parquet write (format 2) + fsync", n, write, part)
         del dec, flows, events, stored, parts
     return costs
 

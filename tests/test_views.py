@@ -124,3 +124,30 @@ def test_l4_protocol_of_empty_records(store):
     store.write("c", storage.to_storage(flows), events)
     _, rows = query.fetch(store, "SELECT l4_protocol FROM flows ORDER BY time")
     assert [r[0] for r in rows] == list(kinds)
+
+
+def test_stored_times_and_uuids_come_back_typed_to_the_nanosecond(store, captures):
+    from flowpipe.codec import decode, storage
+
+    raw = []
+    for i, r in enumerate(captures[:50]):
+        r = type(r).FromString(r.SerializeToString())
+        r.flow.uuid = f"0b1c2d3e-4f50-4617-8293-{i:012x}"
+        r.flow.time.nanos = r.flow.time.nanos - r.flow.time.nanos % 1000 + 7  # not whole µs
+        raw.append(r.SerializeToString())
+    flows, _ = decode.split_responses(decode.decode_responses(raw))
+    store.write("c1", storage.to_storage(flows))
+    want = sorted(
+        (f.uuid, f.time.seconds * 10**9 + f.time.nanos)
+        for f in (type(captures[0]).FromString(b).flow for b in raw)
+    )
+    con = views.connect(store)
+    con.execute("SET TimeZone = 'America/New_York'")  # the conversion must not depend on it
+    rows = con.execute(
+        "SELECT uuid, epoch_ns(time), typeof(time), typeof(uuid) FROM flows ORDER BY ALL"
+    ).fetchall()
+    assert [(u, t) for u, t, *_ in rows] == want
+    assert {r[2:] for r in rows} == {("TIMESTAMPTZ_NS", "VARCHAR")}
+    assert con.execute(
+        "SELECT bool_and(_time_ns = epoch_ns(time)), min(typeof(_uuid)) FROM flows_proto"
+    ).fetchall() == [(True, "UUID")]
