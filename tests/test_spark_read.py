@@ -31,6 +31,7 @@ def spark():
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.driver.memory", "512m")  # a small heap: the JVM starts on a busy machine
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
