@@ -73,7 +73,7 @@ def by_hour_fast(table: pa.Table):
 def flush_costs(batches: list[list[bytes]], tmp: str) -> dict[str, list[float]]:
     """CPU us/flow of each flush stage, per batch (process CPU time: includes Arrow's pool threads)."""
     costs: dict[str, list[float]] = {}
-    deduper = Deduper(60 * 10**9)
+    deduper = Deduper()
     out = os.path.join(tmp, "part.parquet")
 
     def timed(name: str, n: int, fn, *a):
@@ -86,7 +86,7 @@ def flush_costs(batches: list[list[bytes]], tmp: str) -> dict[str, list[float]]:
         n = len(rows)
         dec = timed("decode (decode.decode_responses)", n, decode.decode_responses, rows)
         flows, events = timed("split (decode.split_responses)", n, decode.split_responses, dec)
-        flows, _ = timed("dedup (Deduper.filter)", n, deduper.filter, flows)
+        flows, _, _ = timed("dedup (Deduper.filter)", n, deduper.filter, flows)
         stored = timed("to_storage (storage.to_storage)", n, storage.to_storage, flows)
         parts = timed(
             "by-hour split (layout._by_hour)",

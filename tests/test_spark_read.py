@@ -126,7 +126,7 @@ def test_spark_reads_a_store_written_by_the_collector(spark, tmp_path):
     sent = [r for rs in lab.generate_lab(5, seed=6, clusters=["cluster2"]).values() for r in rs]
     events = _events(_ns(sent[0].flow.time))
     store = Store.open(tmp_path / "store", create=True)
-    writer = StreamWriter(store, "c1", row_group=100)  # several row groups per file
+    writer = StreamWriter(store, "c1")  # a row group per batch: several per file
     raw = [r.SerializeToString() for r in sent + events]
     for i in range(0, len(raw), 150):  # batches as the collector decodes them
         flows, evs = decode.split_responses(decode.decode_responses(raw[i : i + 150]))

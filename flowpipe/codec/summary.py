@@ -20,6 +20,14 @@ RCODES = {2: "Server Failure", 3: "Non-Existent Domain"}  # only texts seen from
 _NULL = pa.scalar(None, pa.string())
 
 
+_FLAG_TEXTS = pa.array(
+    [
+        "TCP Flags: " + ", ".join(f for i, f in enumerate(TCP_FLAGS) if code >> i & 1)
+        for code in range(1 << len(TCP_FLAGS))
+    ]
+)
+
+
 def _field(col, *path: str):
     for name in path:
         col = pc.struct_field(col, name)
@@ -44,10 +52,21 @@ def derive(flows: pa.Table) -> pa.Array:
     t = flows.select(["Type", "l4", "l7"]).combine_chunks()
     typ, l4, l7 = (t.column(i).chunk(0) for i in range(3))
     flags = _field(l4, "TCP", "flags")
-    names = [pc.if_else(pc.fill_null(_field(flags, f), False), f + ", ", "") for f in TCP_FLAGS]
-    joined = pc.utf8_rtrim(pc.binary_join_element_wise(*names, ""), characters=", ")
-    tcp = _when(pc.is_valid(_field(flags, "SYN")), _cat("TCP Flags: ", joined))
+    # the flags as a 9-bit number, then its text from a table of all 512 (one take, no strings built)
+    bits = [pc.cast(pc.fill_null(_field(flags, f), False), pa.uint16()) for f in TCP_FLAGS]
+    code = bits[0]
+    for i, b in enumerate(bits[1:], 1):
+        code = pc.bit_wise_or(code, pc.shift_left(b, i))
+    tcp = pc.if_else(pc.is_valid(_field(flags, "SYN")), pc.take(_FLAG_TEXTS, code), _NULL)
     udp = _when(pc.is_valid(_field(l4, "UDP", "source_port")), pa.scalar("UDP"))
+    out = _when(pc.equal(typ, flow_pb2.L3_L4), pc.coalesce(tcp, udp))
+    is_l7 = pc.fill_null(pc.equal(typ, flow_pb2.L7), False)
+    if pc.any(is_l7).as_py():  # the string work only for the L7 rows
+        out = pc.replace_with_mask(out, is_l7, _l7_text(l7.filter(is_l7)))
+    return out
+
+
+def _l7_text(l7: pa.Array) -> pa.Array:
     l7_type = _field(l7, "type")
     request, response = pc.equal(l7_type, flow_pb2.REQUEST), pc.equal(l7_type, flow_pb2.RESPONSE)
     http = _field(l7, "http")
@@ -89,10 +108,7 @@ def derive(flows: pa.Table) -> pa.Array:
             ),
         ),
     )
-    return pc.coalesce(
-        _when(pc.equal(typ, flow_pb2.L3_L4), pc.coalesce(tcp, udp)),
-        _when(pc.equal(typ, flow_pb2.L7), pc.coalesce(http_text, dns_text)),
-    )
+    return pc.coalesce(http_text, dns_text)
 
 
 def _sql() -> str:

@@ -523,13 +523,13 @@ def stored_rows(kind: str, table: pa.Table, group: int = ROW_GROUP) -> pa.Table:
         raise ValueError("flows must be in stored form (codec.storage.to_storage) to be written")
     if table.num_rows < 2:
         return table
+    if kind == FLOWS and table.num_rows <= group:
+        return storage.order_rows(table)  # one take: its keys end with time
     times = table.column("time")
     if not pc.all(pc.less_equal(times[:-1], times[1:])).as_py():
         table = table.take(pc.sort_indices(times))
     if kind == EVENTS:
         return table
-    if table.num_rows <= group:
-        return storage.order_rows(table)
     return pa.concat_tables(
         storage.order_rows(table.slice(i, group)) for i in range(0, table.num_rows, group)
     )

@@ -25,28 +25,19 @@ from flowpipe.store.layout import (
     write_options,
 )
 
-ROW_GROUP = 16 * 1024  # rows buffered per open file and written (sorted) as one row group
-
-
-class _Open:
-    """One open temp file and the rows waiting to fill its next row group."""
-
-    def __init__(self, writer: pq.ParquetWriter, tmp: Path, final: Path):
-        self.writer, self.tmp, self.final = writer, tmp, final
-        self.pending: list[pa.Table] = []
-        self.rows = 0
-
 
 class StreamWriter:
-    """Appends batches of one cluster to open temp files (one per kind and hour) and publishes
-    them atomically on commit(). Rows are written in row groups of row_group rows, sorted
-    (layout.stored_rows): memory is one row group per open file, not one file."""
+    """Appends batches of one cluster to open temp files (one per kind and hour), one row group
+    per batch in stored order (layout.stored_rows), and publishes them atomically on commit():
+    memory stays one batch and its sorted copy, not one file.
 
-    def __init__(self, store: Store, cluster: str, row_group: int = ROW_GROUP):
+    Two batches per row group would be ~10% smaller (42.6 vs 46.9 B/flow for the bench mix in
+    8,192-flow batches) but hold a batch more per open file; compaction writes 32k-row groups."""
+
+    def __init__(self, store: Store, cluster: str):
         self.store = store
         self.cluster = check_cluster(cluster)
-        self.row_group = row_group
-        self._open: dict[tuple[str, int], _Open] = {}
+        self._open: dict[tuple[str, int], tuple[pq.ParquetWriter, Path, Path]] = {}
         self.flows = 0
         self.events = 0
         self.newest_ns: int | None = None
@@ -63,14 +54,12 @@ class StreamWriter:
                 if table is None or table.num_rows == 0:
                     continue
                 for hour_ns, part in _by_hour(table):
-                    f = self._file(kind, hour_ns, part)
-                    f.pending.append(part)
-                    f.rows += part.num_rows
-                    if f.rows >= self.row_group:
-                        self._write_group(kind, f)
+                    part = stored_rows(kind, part)
+                    writer = self._writer(kind, hour_ns, part)
+                    writer.write_table(part, row_group_size=part.num_rows)
                 if kind == FLOWS:
                     self.flows += table.num_rows
-                    newest = pc.max(table.column("time")).as_py()
+                    newest = pc.max(table.column("time")).as_py()  # int64 ns (stored form)
                     if newest is not None and (self.newest_ns is None or newest > self.newest_ns):
                         self.newest_ns = newest
                 else:
@@ -83,27 +72,18 @@ class StreamWriter:
             )
             raise StoreError(f"store {self.store.root}: {reason}") from exc
 
-    def _file(self, kind: str, hour_ns: int, part: pa.Table) -> _Open:
+    def _writer(self, kind: str, hour_ns: int, part: pa.Table) -> pq.ParquetWriter:
         key = (kind, hour_ns)
         if key not in self._open:
             final_dir = self.store.partition_dir(kind, self.cluster, hour_ns)
-            first = pc.min(part.column("time").cast(pa.int64())).as_py() or 0
+            first = pc.min(part.column("time")).as_py() or 0
             name = f"part-{first:019d}-{uuid.uuid4().hex[:12]}.parquet"
             tmp = self.store.tmp_path(name)
-            schema = stored_rows(kind, part.slice(0, 0)).schema
-            writer = pq.ParquetWriter(tmp, schema, **write_options(schema))
-            self._open[key] = _Open(writer, tmp, final_dir / name)
+            writer = pq.ParquetWriter(tmp, part.schema, **write_options(part.schema))
+            self._open[key] = (writer, tmp, final_dir / name)
             if self.opened_at is None:
                 self.opened_at = time.monotonic()
-        return self._open[key]
-
-    def _write_group(self, kind: str, f: _Open) -> None:
-        if not f.rows:
-            return
-        table = pa.concat_tables(f.pending) if len(f.pending) > 1 else f.pending[0]
-        f.pending, f.rows = [], 0
-        table = stored_rows(kind, table, self.row_group)
-        f.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        return self._open[key][0]
 
     def commit(self, publish: bool = True) -> WriteResult:
         """Close, fsync and rename every open file into its partition; reset for the next files.
@@ -112,13 +92,12 @@ class StreamWriter:
         store.discard later: an all-or-nothing import of many files."""
         result = WriteResult(flows=self.flows, events=self.events)
         try:
-            for (kind, _), f in self._open.items():
-                self._write_group(kind, f)
-                f.writer.close()
-                with open(f.tmp, "rb") as fh:
+            for writer, tmp, final in self._open.values():
+                writer.close()
+                with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
-                result.bytes += f.tmp.stat().st_size
-                result.pending.append((f.tmp, f.final))
+                result.bytes += tmp.stat().st_size
+                result.pending.append((tmp, final))
         except (OSError, pa.ArrowException) as exc:
             self.abort()
             reason = (
@@ -135,11 +114,11 @@ class StreamWriter:
 
     def abort(self) -> None:
         """Drop the open files (their rows were never published)."""
-        for f in self._open.values():
+        for writer, tmp, _ in self._open.values():
             with contextlib.suppress(Exception):
-                f.writer.close()
+                writer.close()
             with contextlib.suppress(OSError):
-                f.tmp.unlink()
+                tmp.unlink()
         self._open.clear()
         self.flows = self.events = 0
         self.newest_ns = None
