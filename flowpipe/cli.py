@@ -148,10 +148,10 @@ store_option = click.option(
 )
 
 
-def open_store(path: str | None, create: bool = False):
+def open_store(path: str | None, create: bool = False, check_format: bool = True):
     from flowpipe.store.layout import Store
 
-    return Store.open(path, create=create)
+    return Store.open(path, create=create, check_format=check_format)
 
 
 @click.group(
@@ -423,13 +423,12 @@ def migrate(store_path: str | None) -> None:
 
         flowpipe migrate --store ./store
     """
+    stop = threading.Event()  # SIGTERM/SIGINT: finish the file being converted, then stop
+    on_stop_signal(stop.set)
     from flowpipe.store import migrate as migrate_mod
     from flowpipe.views import catalog
 
-    store = Store.open(store_path, check_format=False)
-    stop = threading.Event()  # SIGTERM/SIGINT: finish the file being converted, then stop
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    store = open_store(store_path, check_format=False)
     report = migrate_mod.migrate(store, stop=stop)
     if not report.stopped and (store.root / catalog.DB_FILE).exists():
         catalog.write_database(store)  # its views read the stored columns of the new format
