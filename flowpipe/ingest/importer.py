@@ -229,7 +229,7 @@ class _Sink:
         if flows.num_rows:
             times = flows.column("time")
             span = pc.min_max(times)
-            lo, hi = span["min"].value, span["max"].value
+            lo, hi = span["min"].as_py(), span["max"].as_py()  # int64 ns (stored form)
             stored = self.known.sets(lo, hi, with_untimed=times.null_count > 0)
             seen = self.seen
             mask = []
