@@ -88,10 +88,12 @@ _INNER = [
     ("dns_query", "CASE WHEN event_type = 129 THEN dns_query END"),
 ]
 # what the latest policy verdict of a group names (Hubble fills one of the four lists): read
-# at those verdicts' times only (decoding the policy lists of every flow costs seconds)
+# at those verdicts' times only (decoding the policy lists of every flow costs seconds); other
+# events of the group at the same instant give NULL, whatever order the store keeps rows in
 _VERDICT_COLUMNS = (
-    "list_concat(ingress_allowed_by, egress_allowed_by, ingress_denied_by, egress_denied_by)",
-    "policy_match",
+    "CASE WHEN event_type = 5 THEN"
+    " list_concat(ingress_allowed_by, egress_allowed_by, ingress_denied_by, egress_denied_by) END",
+    "CASE WHEN event_type = 5 THEN policy_match END",
 )
 _ENDPOINT_COLUMNS = ("labels", "namespace", "pod", "workload")
 # what codec.hubble.compact_line_row prints (reading every column of those rows costs seconds)
@@ -252,9 +254,14 @@ GROUP BY ALL"""
                     part = row[3 + j * width : 3 + (j + 1) * width]
                     self.endpoints[k] = dict(zip(_ENDPOINT_COLUMNS, part))
             g = verdicts.get(_hashable(row[-n:]))
-            if g is not None and g.verdict_at == at_ns and g.policy_match is None:
-                names, g.policy_match = row[3 + 2 * width : 5 + 2 * width]
-                g.policy_names = _names(names)
+            names, match = row[3 + 2 * width : 5 + 2 * width]
+            if (
+                g is not None
+                and g.verdict_at == at_ns
+                and names is not None
+                and g.policy_names is None
+            ):
+                g.policy_match, g.policy_names = match, _names(names)
 
     def _rows_at(self, times: Iterable[int], select: str) -> Iterator[tuple[int, tuple]]:
         """(time in ns, row of select) of the window's request flows at the given times."""
@@ -268,14 +275,19 @@ GROUP BY ALL"""
                 yield row[0], row[1:]
 
     def _at(self, wanted: dict[tuple, int], columns: str) -> dict[tuple, tuple]:
-        """Rows at given times, by group key: wanted is key -> time (ns); columns are read."""
+        """Rows at given times, by group key: wanted is key -> time (ns); columns are read. A
+        decisive row wins over another event of the group at the same instant (rows have no
+        order within a file)."""
         out: dict[tuple, tuple] = {}
+        decisive: dict[tuple, bool] = {}
         n = len(self.keys)
-        select = f"{columns}, " + ", ".join(f"{expr} AS {name}" for name, expr in self.keys)
+        keys = ", ".join(f"{expr} AS {name}" for name, expr in self.keys)
+        select = f"{columns}, coalesce({_DECISIVE}, false), {keys}"
         for at_ns, row in self._rows_at(wanted.values(), select):
             key = _hashable(row[-n:])
-            if key not in out and wanted.get(key) == at_ns:
-                out[key] = row[:-n]
+            mine = wanted.get(key) == at_ns and not decisive.get(key, False)
+            if mine and (key not in out or row[-n - 1]):
+                out[key], decisive[key] = row[: -n - 1], row[-n - 1]
         return out
 
     def examples(self, groups: Sequence[Group]) -> None:
