@@ -79,7 +79,12 @@ class StreamWriter:
             first = pc.min(part.column("time")).as_py() or 0
             name = f"part-{first:019d}-{uuid.uuid4().hex[:12]}.parquet"
             tmp = self.store.tmp_path(name)
-            writer = pq.ParquetWriter(tmp, part.schema, **write_options(part.schema))
+            try:
+                writer = pq.ParquetWriter(tmp, part.schema, **write_options(part.schema))
+            except BaseException:  # it may have created the file (a full disk): not in _open yet
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
             self._open[key] = (writer, tmp, final_dir / name)
             if self.opened_at is None:
                 self.opened_at = time.monotonic()
