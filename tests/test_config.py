@@ -119,7 +119,7 @@ DENY = '{"verdict":["DROPPED"]}'
 def _request(cfg: config.CollectConfig) -> bytes:
     from flowpipe.ingest.stream import FlowStream
 
-    fs = FlowStream(cfg.relays[0], cfg, resume_since=lambda last: None, on_message=print)
+    fs = FlowStream(cfg.relays[0], cfg, resume_since=lambda last: None, on_messages=print)
     return fs.request().SerializeToString(deterministic=True)
 
 

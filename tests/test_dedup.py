@@ -1,4 +1,4 @@
-"""Dedup keys: uuid when present, content fingerprint otherwise; a sliding window of flow time."""
+"""Dedup keys: uuid when present, content fingerprint otherwise."""
 
 from __future__ import annotations
 
@@ -22,19 +22,6 @@ def test_uuidless_flows_use_fingerprints():
     assert all(isinstance(k, int) for k in ks) and len(set(ks)) == 4
     kept, dropped, _ = Deduper().filter(flows.take([0, 1, 1, 2, 0]))
     assert (kept.num_rows, dropped) == (3, 2)
-
-
-def test_evict_forgets_old_keys():
-    start = 1_700_000_000_000_000_000
-    _, old, _ = make_flows(3, start)
-    _, new, _ = make_flows(3, start + 120_000_000_000)
-    d = Deduper()
-    d.filter(old)
-    d.filter(new)
-    d.evict(start + 60_000_000_000)
-    kept, _, _ = d.filter(old)  # older than the horizon: no longer remembered
-    assert kept.num_rows == 3
-    assert d.filter(new)[0].num_rows == 0
 
 
 def test_remember_preloads_stored_keys():

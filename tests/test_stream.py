@@ -39,7 +39,7 @@ EXPECTED = {
 
 def test_every_status_code_is_classified():
     assert set(EXPECTED) == set(C) - {C.OK}
-    assert {c for c, what in EXPECTED.items() if what == "retry"} == stream.RETRYABLE
+    assert {c.name for c, what in EXPECTED.items() if what == "retry"} == stream.RETRYABLE
 
 
 def _config(address: str) -> tuple[RelayConfig, CollectConfig]:
@@ -64,7 +64,7 @@ def test_status_is_retried_or_fatal(code):
             rc,
             cfg,
             resume_since=lambda last: attempts.append(last) or None,
-            on_message=lambda raw: None,
+            on_messages=lambda batch: None,
             on_event=lambda kind, detail: events.append((kind, detail)),
         )
         outcome: list[BaseException | None] = []
@@ -111,7 +111,7 @@ def test_stop_during_a_stream_is_not_an_error():
             rc,
             cfg,
             resume_since=lambda last: None,
-            on_message=lambda raw: fs.stop(),
+            on_messages=lambda batch: fs.stop(),
             on_event=lambda kind, detail: events.append((kind, detail)),
         )
         fs.run()

@@ -23,8 +23,9 @@ from flowpipe.export.metrics import CollectorMetrics
 from flowpipe.ingest.children import Compactor, database_error, start_database
 from flowpipe.ingest.config import CollectConfig, RelayConfig
 from flowpipe.ingest.dedup import Deduper
+from flowpipe.ingest.receiver import Receiver
 from flowpipe.ingest.resume import Attempt, ResumePoint
-from flowpipe.ingest.stream import FatalStreamError, FlowStream
+from flowpipe.ingest.stream import FatalStreamError, FlowStream, RetryLater
 from flowpipe.store.layout import Store
 from flowpipe.store.writer import StreamWriter
 
@@ -55,26 +56,44 @@ class CollectError(FlowpipeError):
 
 @dataclass
 class Inbox:
-    """Raw responses on their way from the stream thread to the flusher."""
+    """Raw responses on their way from the stream thread to the flusher.
+
+    The lock also guards what a re-dial reads and a store failure changes (ClusterState.resume,
+    trouble.paused): the resume point and the pause are decided in one order."""
 
     lock: threading.Condition = field(default_factory=threading.Condition)
-    # The receiving thread appends without the lock (deque.append is atomic); the flusher pops.
-    rows: deque = field(default_factory=deque)
-    nbytes: int = 0  # approximate bytes of rows (back-pressure)
+    rows: deque = field(
+        default_factory=deque
+    )  # appended by the stream thread, taken by the flusher
+    nbytes: int = 0  # bytes of rows (back-pressure); changed only under the lock
     first_at: float = 0.0  # when the oldest row arrived
     sync_requested: bool = False  # a re-dial waits until every row is decoded (resume point)
 
+    def put(self, batch: list[bytes]) -> int:
+        """Append a batch; return the bytes now held."""
+        size = sum(map(len, batch))
+        with self.lock:
+            if not self.rows:
+                self.first_at = time.monotonic()
+            self.rows.extend(batch)
+            self.nbytes += size
+            return self.nbytes
+
     def take(self, n: int) -> list[bytes]:
-        """The n oldest rows, out of the inbox."""
-        rows = [self.rows.popleft() for _ in range(n)]
-        self.nbytes -= sum(map(len, rows))
+        """The n oldest rows, out of the inbox (wakes a stream waiting for room)."""
+        with self.lock:
+            rows = [self.rows.popleft() for _ in range(min(n, len(self.rows)))]
+            self.nbytes -= sum(map(len, rows))
+            self.lock.notify_all()
         return rows
 
     def clear(self) -> int:
         """Drop every row; return how many there were."""
-        n = len(self.rows)
-        self.rows.clear()
-        self.nbytes = 0
+        with self.lock:
+            n = len(self.rows)
+            self.rows.clear()
+            self.nbytes = 0
+            self.lock.notify_all()
         return n
 
 
@@ -146,7 +165,8 @@ class Collector:
             log.info("removed %d temporary files left by an interrupted writer", n)
 
         for relay in self.cfg.relays:
-            last = self.store.last_time(relay.cluster)
+            with self.store.read_lock():  # a compaction swap must not hide the newest files
+                last = self.store.last_time(relay.cluster)
             st = ClusterState(
                 relay=relay,
                 resume=ResumePoint(last, int(self.cfg.resume_overlap * 1e9)),
@@ -175,11 +195,19 @@ class Collector:
             since = st.resume.next_since()
             if since is None:
                 since = self._first_since()
-        if st.resume.resend_until is not None and st.resume.committed_ns is not None:
-            # stored keys of the overlap; the decoded but uncommitted ones are in the deduper
-            keys = self.store.keys_between(st.relay.cluster, since)
-            st.deduper.remember(keys, at_ns=st.resume.newest_ns or 0)
-        st.trouble.paused = False  # about to dial from the resume point: what comes now is wanted
+            # about to dial from the resume point: what comes now is wanted (a store failure
+            # after this point pauses the stream again, and its dial is not made)
+            st.trouble.paused = False
+            load_keys = st.resume.resend_until is not None and st.resume.committed_ns is not None
+        if load_keys:
+            # stored keys of the overlap; the decoded but uncommitted ones are in the deduper.
+            # Under the read lock: a compaction swapping files meanwhile would fail the read
+            try:
+                with self.store.read_lock():
+                    keys = self.store.keys_between(st.relay.cluster, since)
+            except StoreError as exc:
+                raise RetryLater(f"cannot read the stored flows to resume from: {exc}") from exc
+            st.deduper.remember(keys)
         return since
 
     def _first_since(self) -> int | None:
@@ -216,20 +244,16 @@ class Collector:
 
     # ------------------------------------------------------------------ streams
 
-    def _on_message(self, st: ClusterState, raw: bytes) -> None:
-        if st.trouble.paused:
-            return  # sent before the hang-up; the re-dial asks for it again
+    def _on_messages(self, st: ClusterState, batch: list[bytes]) -> None:
         inbox = st.inbox
-        if not inbox.rows:
-            inbox.first_at = time.monotonic()
-        inbox.rows.append(raw)
-        inbox.nbytes += len(raw)
-        n = len(inbox.rows)
-        if n % 1024 == 0:
-            if n >= self.cfg.flush_rows:
-                self._wake.set()
-            if inbox.nbytes >= self.cfg.max_buffer_bytes:
-                self._backpressure(st)
+        with inbox.lock:
+            if st.trouble.paused:
+                return  # sent before the hang-up; the re-dial asks for it again
+            held = inbox.put(batch)
+        if len(inbox.rows) >= DECODE_BATCH:
+            self._wake.set()
+        if held >= self.cfg.max_buffer_bytes:
+            self._backpressure(st)
 
     def _backpressure(self, st: ClusterState) -> None:
         """Stop reading the relay until the flusher catches up (or the store recovers)."""
@@ -387,13 +411,14 @@ class Collector:
         trouble = st.trouble
         st.deduper.forget(st.pending_keys + keys)
         st.pending_keys = []
-        trouble.paused = trouble.failing = True
-        trouble.failures += 1
-        dropped = uncommitted + st.inbox.clear()
-        st.resume.rewind()  # resume from the last committed flow
-        trouble.delay = min(max(trouble.delay * 2, 0.5), 10.0)
-        trouble.retry_at = time.monotonic() + trouble.delay
-        trouble.unstored += dropped
+        with st.inbox.lock:  # not between a re-dial's resume point and its un-pausing
+            trouble.paused = trouble.failing = True
+            trouble.failures += 1
+            dropped = uncommitted + st.inbox.clear()
+            st.resume.rewind()  # resume from the last committed flow
+            trouble.delay = min(max(trouble.delay * 2, 0.5), 10.0)
+            trouble.retry_at = time.monotonic() + trouble.delay
+            trouble.unstored += dropped
         if st.stream is not None and not self._stop.is_set():
             st.stream.pause(trouble.delay)
         self.metrics.flush_errors.labels(cluster).inc()
@@ -462,14 +487,24 @@ class Collector:
                 signal.signal(sig, lambda *_: self.stop())
         if self._stop.is_set():
             return 0  # stopped before anything was received: nothing to flush
-        self._prepare()
+        # the receiving processes import grpc while the store is prepared
+        receivers = {relay.cluster: Receiver(relay.name) for relay in self.cfg.relays}
+        try:
+            for receiver in receivers.values():
+                receiver.start()
+            self._prepare()
+        except BaseException:
+            for receiver in receivers.values():
+                receiver.close()
+            raise
         for st in self.clusters.values():
             st.stream = FlowStream(
                 st.relay,
                 self.cfg,
                 resume_since=lambda attempt, st=st: self._since(st, attempt),
-                on_message=lambda raw, st=st: self._on_message(st, raw),
+                on_messages=lambda batch, st=st: self._on_messages(st, batch),
                 on_event=lambda kind, detail, st=st: self._on_event(st, kind, detail),
+                receiver=receivers[st.relay.cluster],
             )
             st.thread = threading.Thread(
                 target=self._run_stream, args=(st,), name=f"stream-{st.relay.cluster}", daemon=True
@@ -477,19 +512,19 @@ class Collector:
         for st in self.clusters.values():
             if not self._stop.is_set():
                 st.thread.start()
-        # the streams dial and receive while the views database is written; nothing is
-        # committed before it is: a store it cannot be written to stops here, with one line
-        if error := database_error(self._database, self.store):
-            self.stop()
-            for st in self.clusters.values():
-                if st.thread and st.thread.is_alive():
-                    st.thread.join(timeout=5)
-            raise StoreError(error)
+        # the streams dial, receive and commit while the views database is written (seconds on
+        # a busy machine); if it cannot be written, the collector stops with its one line
+        database_failed = None
         last_progress = time.monotonic()
         last_compact = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(0.1)
             self._wake.clear()
+            if self._database is not None and self._database.poll() is not None:
+                database_failed = database_error(self._database, self.store)
+                self._database = None
+                if database_failed:
+                    break
             now = time.monotonic()
             for st in self.clusters.values():
                 if self._due(st, now):
@@ -505,7 +540,11 @@ class Collector:
         for st in self.clusters.values():
             if st.thread and st.thread.is_alive():
                 st.thread.join(timeout=5)
+            st.stream.close()  # (a stream stopped before its thread started still has one)
         self._compactor.stop()
+        if self._database is not None:  # stopped while it is still written: let it finish
+            database_failed = database_error(self._database, self.store)
+            self._database = None
         unstored = 0
         for st in self.clusters.values():
             failures = st.trouble.failures
@@ -526,6 +565,8 @@ class Collector:
                 )
         if self.fatal:
             raise CollectError(self.fatal)
+        if database_failed:
+            raise StoreError(database_failed)
         return unstored
 
     def _progress(self, elapsed: float) -> None:

@@ -9,30 +9,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-import grpc.experimental
-
 from flowpipe.api.observer import observer_pb2
 from flowpipe.errors import ConfigError
 from flowpipe.ingest import tls
 from flowpipe.ingest.config import CollectConfig, RelayConfig
+from flowpipe.ingest.receiver import End, Receiver, ReceiverGone
 from flowpipe.ingest.resume import Attempt
 
 log = logging.getLogger("flowpipe.collect")
 
-METHOD = "/observer.Observer/GetFlows"
-
-# Errors after which asking again may work: the relay restarted, the network blinked, the
-# stream was cut by a proxy, or our watchdog cancelled a silent stream.
+# gRPC status codes (by name) after which asking again may work: the relay restarted, the
+# network blinked, the stream was cut by a proxy, or our watchdog cancelled a silent stream.
 RETRYABLE = frozenset(
     {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "ABORTED",
+        "INTERNAL",
+        "UNKNOWN",
+        "CANCELLED",
     }
 )
 # Everything else (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED, ...)
@@ -61,6 +57,11 @@ class FatalStreamError(Exception):
     """The relay refused us for a reason retrying cannot fix (one line, names the relay)."""
 
 
+class RetryLater(Exception):
+    """resume_since cannot say where to resume just now (e.g. the store could not be read):
+    the attempt is reported as an error and retried after the backoff."""
+
+
 @dataclass
 class StreamState:
     connected: bool = False
@@ -71,7 +72,9 @@ class StreamState:
 
 
 class FlowStream:
-    """GetFlows(follow=true) that re-dials with capped, jittered backoff and resumes from `since`."""
+    """GetFlows(follow=true) that re-dials with capped, jittered backoff and resumes from `since`.
+
+    The calls are made by a child process (receiver.Receiver); responses come in batches."""
 
     def __init__(
         self,
@@ -79,18 +82,21 @@ class FlowStream:
         cfg: CollectConfig,
         *,
         resume_since: Callable[[Attempt | None], int | None],
-        on_message: Callable[[bytes], None],
+        on_messages: Callable[[list[bytes]], None],
         on_event: Callable[[str, str], None] = lambda kind, detail: None,
+        receiver: Receiver | None = None,
     ):
         self.relay = relay
         self.cfg = cfg
-        # ns to ask from at each (re)connect, given how the last attempt went; None = only new flows
+        # ns to ask from at each (re)connect, given how the last attempt went; None = only new
+        # flows; may raise RetryLater
         self.resume_since = resume_since
-        self.on_message = on_message
-        self.on_event = on_event  # ("connected"|"error"|"idle"|"fatal", detail)
+        self.on_messages = on_messages  # a batch of serialized GetFlowsResponse, in order
+        self.on_event = on_event  # ("connected"|"disconnected"|"error", detail)
         self.state = StreamState()
         self._stop = threading.Event()
-        self._call = None
+        self._receiver = receiver or Receiver(relay.name)  # run() starts it unless it runs
+        self._call: int | None = None  # id of the receiver's current call
         self._idle_cancelled = False
         self._pausing = False
         self._resume_at = 0.0
@@ -104,15 +110,22 @@ class FlowStream:
         self._stop.set()
         with self._lock:
             if self._call is not None:
-                self._call.cancel()
+                self._receiver.cancel(self._call)
 
     def pause(self, seconds: float) -> None:
-        """Hang up now and dial again after seconds (the collector could not store what it got)."""
+        """Hang up now and dial again after seconds (the collector could not store what it got).
+
+        A pause asked for while the next dial is being prepared cancels that dial too."""
         self._resume_at = time.monotonic() + seconds
         with self._lock:
             if self._call is not None:
                 self._pausing = True
-                self._call.cancel()
+                self._receiver.cancel(self._call)
+
+    def close(self) -> None:
+        """End the receiving process (run() does so when it returns; this is for a stream
+        that never ran)."""
+        self._receiver.close()
 
     @property
     def stopped(self) -> bool:
@@ -132,6 +145,14 @@ class FlowStream:
 
     def run(self) -> None:
         """Stream until stop(); raise FatalStreamError when retrying cannot help."""
+        try:
+            if not self._receiver.alive:
+                self._receiver.start()
+            self._run()
+        finally:
+            self._receiver.close()
+
+    def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             wait = self._resume_at - time.monotonic()
@@ -155,7 +176,7 @@ class FlowStream:
         st = self.state
         st.attempts += 1
         try:
-            creds = tls.channel_credentials(self.relay)
+            pems = tls.credential_pems(self.relay)
         except ConfigError as exc:
             # unreadable TLS files: fatal at start, retried later (they may be mid-rotation)
             if not st.ever_connected:
@@ -164,7 +185,6 @@ class FlowStream:
             self.last_attempt = Attempt()
             return 0
         options = [
-            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             ("grpc.keepalive_time_ms", int(self.cfg.keepalive * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.cfg.keepalive_timeout * 1000)),
             ("grpc.http2.ping_timeout_ms", int(self.cfg.keepalive_timeout * 1000)),
@@ -175,41 +195,40 @@ class FlowStream:
             ("grpc.initial_reconnect_backoff_ms", 200),
             *tls.channel_options(self.relay),
         ]
-        if creds is None:
-            channel = grpc.insecure_channel(self.relay.address, options=options)
-        else:
-            channel = grpc.secure_channel(self.relay.address, creds, options=options)
+        try:
+            request = self.request().SerializeToString()
+        except RetryLater as exc:
+            self._report_error("resume", str(exc))
+            self.last_attempt = Attempt()
+            return 0
         received = 0
         cut = False  # ended by the relay or the network
-        watchdog = None
         try:
-            call_fn = channel.unary_stream(
-                METHOD,
-                request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
-                response_deserializer=None,
-            )
-            call = call_fn(self.request(), timeout=None, wait_for_ready=False)
             with self._lock:
-                self._call = call
-                if self._stop.is_set():
-                    call.cancel()
+                if self._stop.is_set() or self._resume_at > time.monotonic():
+                    return 0  # stopped, or paused while the resume point was worked out
+                call_id = self._receiver.dial(self.relay.address, request, options, pems)
+                self._call, self._pausing = call_id, False
             self._idle_cancelled = False
             st.last_message_at = time.monotonic()
             if self.cfg.idle_timeout > 0:
-                watchdog = threading.Thread(target=self._watch_idle, args=(call,), daemon=True)
-                watchdog.start()
-            for raw in call:
+                threading.Thread(target=self._watch_idle, args=(call_id,), daemon=True).start()
+            while not isinstance(item := self._receiver.next(), End):
                 if received == 0:
                     self._connected()
-                received += 1
+                received += len(item)
                 st.last_message_at = time.monotonic()
-                self.on_message(raw)
-            # A follow stream that ends cleanly means the relay closed it (e.g. restart).
-            if not self._stop.is_set():
+                self.on_messages(item)
+            if item.code is not None:
+                cut = self._handle_status(item.code, item.details)
+            elif not self._stop.is_set():
+                # A follow stream that ends cleanly means the relay closed it (e.g. restart).
                 cut = True
                 self._report_error("closed", "relay ended the stream")
-        except grpc.RpcError as exc:
-            cut = self._handle_rpc_error(exc)
+        except ReceiverGone as exc:
+            if not st.ever_connected:
+                raise FatalStreamError(f"relay {self.relay.name}: {exc}") from exc
+            self._report_error("receiver", f"{exc}; starting it again")
         finally:
             self.last_attempt = Attempt(received=received, cut=cut)
             with self._lock:
@@ -217,7 +236,6 @@ class FlowStream:
             if st.connected:
                 st.connected = False
                 self.on_event("disconnected", "")
-            channel.close()
         return received
 
     def _connected(self) -> None:
@@ -227,47 +245,41 @@ class FlowStream:
         st.ever_connected = True
         self.on_event("connected", "first" if first else "resumed")
 
-    def _handle_rpc_error(self, exc: grpc.RpcError) -> bool:
-        """Report a retryable error and return whether the relay or network cut the stream;
-        raise FatalStreamError for the others."""
-        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-        details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+    def _handle_status(self, code: str, details: str) -> bool:
+        """Report a retryable status (by name) and return whether the relay or network cut the
+        stream; raise FatalStreamError for the others."""
         if self._stop.is_set():
             return False
-        if code == grpc.StatusCode.CANCELLED and self._pausing:
+        if code == "CANCELLED" and self._pausing:
             self._pausing = False
             return False
-        if code == grpc.StatusCode.CANCELLED and self._idle_cancelled:
+        if code == "CANCELLED" and self._idle_cancelled:
             self._report_error("idle", f"no message for {self.cfg.idle_timeout:g}s, re-dialling")
             return False
         if code not in RETRYABLE:
-            raise FatalStreamError(f"relay {self.relay.name}: {code.name}: {details}")
-        if (
-            code == grpc.StatusCode.UNAVAILABLE
-            and is_tls_failure(details)
-            and not self.state.ever_connected
-        ):
+            raise FatalStreamError(f"relay {self.relay.name}: {code}: {details}")
+        if code == "UNAVAILABLE" and is_tls_failure(details) and not self.state.ever_connected:
             raise FatalStreamError(
                 f"relay {self.relay.name}: TLS handshake failed: {_short(details)}"
             )
-        self._report_error(code.name, _short(details))
+        self._report_error(code, _short(details))
         return True
 
     def _report_error(self, code: str, detail: str) -> None:
         self.state.last_error = f"{code}: {detail}"
         self.on_event("error", f"{code}|{detail}")
 
-    def _watch_idle(self, call) -> None:
+    def _watch_idle(self, call_id: int) -> None:
         limit = self.cfg.idle_timeout
         while not self._stop.is_set():
             with self._lock:
-                if self._call is not call:
+                if self._call != call_id:
                     return
-            idle = time.monotonic() - self.state.last_message_at
-            if idle >= limit:
-                self._idle_cancelled = True
-                call.cancel()
-                return
+                idle = time.monotonic() - self.state.last_message_at
+                if idle >= limit:
+                    self._idle_cancelled = True
+                    self._receiver.cancel(call_id)
+                    return
             self._stop.wait(min(limit - idle, 1.0) + 0.01)
 
 

@@ -1,8 +1,6 @@
-"""gRPC channel credentials for a relay, read from disk at every dial so rotated files apply."""
+"""A relay's TLS files, read from disk at every dial so rotated files apply."""
 
 from __future__ import annotations
-
-import grpc
 
 from flowpipe.errors import ConfigError
 from flowpipe.ingest.config import RelayConfig
@@ -23,8 +21,9 @@ def _read(path: str, relay: RelayConfig, what: str, marker: bytes) -> bytes:
     return data
 
 
-def channel_credentials(relay: RelayConfig) -> grpc.ChannelCredentials | None:
-    """TLS credentials for relay, or None for plaintext (only when the relay asks for it)."""
+def credential_pems(relay: RelayConfig) -> tuple[bytes | None, bytes | None, bytes | None] | None:
+    """(CA certificates, client key, client certificate) PEMs for relay's TLS channel (None for
+    what is not configured), or None for plaintext (only when the relay asks for it)."""
     tls = relay.tls
     if not tls.enabled:
         return None
@@ -41,9 +40,7 @@ def channel_credentials(relay: RelayConfig) -> grpc.ChannelCredentials | None:
             )
         cert = _read(tls.cert_file, relay, "client certificate", b"-----BEGIN CERTIFICATE-----")
         key = _read(tls.key_file, relay, "client key", b"PRIVATE KEY-----")
-    return grpc.ssl_channel_credentials(
-        root_certificates=roots, private_key=key, certificate_chain=cert
-    )
+    return roots, key, cert
 
 
 def channel_options(relay: RelayConfig) -> list[tuple[str, object]]:
