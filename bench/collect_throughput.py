@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import Peer, cpu_seconds, free_port, load_note, mb, proc_status, save_result, templates
+from common import Peer, TreeUsage, free_port, load_note, mb, save_result, templates
 
 from flowpipe.store import compact
 
@@ -59,17 +59,18 @@ def collector_cmd(
     return cmd
 
 
-def scrape(url: str) -> tuple[int, int]:
-    """(flows stored, relays connected) from the collector's /metrics, summed over clusters."""
+def scrape(url: str) -> tuple[dict[str, int], int]:
+    """(flows stored per cluster, relays connected) from the collector's /metrics."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             text = resp.read().decode()
     except OSError:
-        return 0, 0
-    stored = connected = 0
-    for name, _cluster, value in METRIC_RE.findall(text):
+        return {}, 0
+    stored: dict[str, int] = {}
+    connected = 0
+    for name, cluster, value in METRIC_RE.findall(text):
         if name == "flows_stored_total":
-            stored += int(float(value))
+            stored[cluster] = int(float(value))
         elif name == "relay_connected":
             connected += int(float(value))  # set when a stream delivers its first message
     return stored, connected
@@ -88,7 +89,13 @@ class Run:
     """Peers + a collector subprocess + a store in a temporary directory."""
 
     def __init__(
-        self, flows: int, clusters: int, rate: float, workdir: Path, args: argparse.Namespace
+        self,
+        flows: int,
+        clusters: int,
+        rate: float,
+        workdir: Path,
+        args: argparse.Namespace,
+        tree: Path | None = None,
     ):
         self.flows = flows
         self.store = workdir / "store"
@@ -104,8 +111,9 @@ class Run:
         relays = [f"cluster{i + 1}={p.address}" for i, p in enumerate(self.peers)]
         self.metrics_url = f"http://127.0.0.1:{(port := free_port())}/metrics"
         self.log = open(workdir / "collect.log", "w+")  # noqa: SIM115 - closed in stop()
-        self.started = time.monotonic()
         env = dict(os.environ)
+        if tree is not None:  # another checkout's flowpipe (its C decoder built in place)
+            env["PYTHONPATH"] = str(tree)
         if args.arrow_pool:
             env["ARROW_DEFAULT_MEMORY_POOL"] = args.arrow_pool
         config = None
@@ -120,23 +128,30 @@ class Run:
             switch_interval=args.switch_interval,
             config=config,
         )
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.peak_rss = 0
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tree
+        )
+        self.usage = TreeUsage(self.proc.pid)
 
-    def sample(self) -> tuple[int, int, dict[str, int]]:
+    @property
+    def peak_rss(self) -> int:
+        return self.usage.peak_rss
+
+    def sample(self) -> tuple[dict[str, int], int]:
+        """(flows stored per cluster, relays connected); samples CPU and RSS too."""
         stored, connected = scrape(self.metrics_url)
-        st = proc_status(self.proc.pid)
-        self.peak_rss = max(self.peak_rss, st.get("VmHWM", 0))
-        return stored, connected, st
+        self.usage.sample()
+        return stored, connected
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> tuple[int, float]:
-        """SIGTERM the collector (it flushes), stop the peers; (exit code, collector CPU seconds)."""
-        cpu = cpu_seconds(self.proc.pid)
-        st = proc_status(self.proc.pid)
-        self.peak_rss = max(self.peak_rss, st.get("VmHWM", 0))
+        """SIGTERM the collector (it flushes), stop the peers; (exit code, CPU seconds of the
+        collector and its children until now)."""
+        self.usage.sample()
+        cpu = self.usage.cpu()
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -152,56 +167,89 @@ class Run:
         return code, cpu
 
 
-def throughput(args: argparse.Namespace, workdir: Path) -> dict:
-    """Time N flows from the first message (relay_connected=1) to the last commit."""
-    run = Run(args.flows, args.clusters, args.rate, workdir, args)
-    first = done = None
+def throughput(args: argparse.Namespace, workdir: Path, tree: Path | None = None) -> dict:
+    """Time N flows from starting the collector to the last one committed."""
+    run = Run(args.flows, args.clusters, args.rate, workdir, args, tree)
+    per_relay = run.expected // args.clusters
+    first = None
+    done: dict[str, float] = {}
+    at_first_done: dict[str, int] = {}  # each cluster's count when the first one finished
     deadline = time.monotonic() + args.timeout
-    stored = 0
+    stored: dict[str, int] = {}
     try:
         while time.monotonic() < deadline and run.alive():
-            stored, connected, _ = run.sample()
+            stored, connected = run.sample()
             now = time.monotonic()
             if first is None and connected:
                 first = now
-            if stored >= run.expected:
-                done = now
+            for cluster, n in stored.items():
+                if n >= per_relay and cluster not in done:
+                    done[cluster] = now
+                    at_first_done = at_first_done or dict(stored)
+            if len(done) == args.clusters:
                 break
-            time.sleep(0.02 if first is None else 0.2)
+            # coarse while far from the end (a scrape costs the collector CPU), fine near it
+            near = sum(stored.values()) >= 0.9 * run.expected
+            time.sleep(0.05 if first is None or near else 0.5)
     finally:
         code, cpu = run.stop()
     rows = stored_rows(run.store)
-    if done is None or first is None:
+    total = sum(stored.values())
+    if len(done) < args.clusters or first is None:
         print(run.log_text[-2000:], file=sys.stderr)
         raise SystemExit(
-            f"collect_throughput: only {stored:,} of {run.expected:,} flows stored before the timeout"
+            f"collect_throughput: only {total:,} of {run.expected:,} flows stored before the timeout"
         )
-    rate = run.expected / (done - first)
+    end = max(done.values())
+    seconds = end - run.started
+    rate = run.expected / seconds
+    free_s = run.usage.free_cores_seconds()
     sends = [p.send_rate() or 0 for p in run.peers]
+    kinds = run.usage.by_kind()
     out = {
         "flows": run.expected,
         "clusters": args.clusters,
+        "tree": str(tree) if tree else "this",
+        "seconds_from_start": round(seconds, 2),
         "flows_per_s": round(rate),
-        "flows_per_s_incl_startup": round(run.expected / (done - run.started)),
-        "seconds": round(done - first, 2),
+        "flows_per_s_after_connect": round(run.expected / (end - first)),
+        "flows_per_s_free_cores_estimate": round(run.expected / free_s),
         "peer_send_msgs_per_s": round(sum(sends)),
-        "collector_cpu_s": round(cpu, 1),
+        "cpu_s": round(cpu, 1),
         "cpu_us_per_flow": round(cpu / run.expected * 1e6, 1),
+        "cpu_s_by_process": {k: round(v, 1) for k, v in kinds.items()},
         "peak_rss_mb": round(run.peak_rss / 1e6, 1),
+        "peak_rss_with_children_mb": round(run.usage.peak_tree_rss / 1e6, 1),
         "stored_rows": rows,
         "exit_code": code,
         **knobs(args),
     }
+    if args.clusters > 1:
+        out["per_cluster_flows_per_s"] = {
+            c: round(per_relay / (t - run.started)) for c, t in sorted(done.items())
+        }
+        out["per_cluster_share_when_first_done"] = {
+            c: round(n / per_relay, 3) for c, n in sorted(at_first_done.items())
+        }
+    label = f" [{tree}]" if tree else ""
     print(
-        f"collect: {run.expected:,} flows ({args.clusters} relay(s)) committed in {done - first:.1f}s "
-        f"= {rate:,.0f} flows/s end to end ({out['flows_per_s_incl_startup']:,} incl. start-up); "
-        f"target {TARGET_FLOWS_S:,}: {'OK' if rate >= TARGET_FLOWS_S else 'MISSED'}"
+        f"collect{label}: {run.expected:,} flows ({args.clusters} relay(s)) committed {seconds:.1f}s "
+        f"after start = {rate:,.0f} flows/s ({out['flows_per_s_after_connect']:,} after the first "
+        f"message); target {TARGET_FLOWS_S:,}: {'OK' if rate >= TARGET_FLOWS_S else 'MISSED'}"
     )
+    by_kind = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
     print(
-        f"peer send rate {out['peer_send_msgs_per_s']:,} msgs/s (paced by the collector); collector CPU "
-        f"{cpu:.1f}s = {out['cpu_us_per_flow']} us/flow; peak RSS {mb(run.peak_rss)}; "
-        f"{rows:,} rows in the store; exit {code}"
+        f"  CPU {cpu:.1f}s = {out['cpu_us_per_flow']} us/flow ({by_kind}); with the cores free "
+        f"(estimate) {out['flows_per_s_free_cores_estimate']:,} flows/s; peak RSS "
+        f"{mb(run.peak_rss)} (with children {mb(run.usage.peak_tree_rss)}); peer sent "
+        f"{out['peer_send_msgs_per_s']:,} msgs/s; {rows:,} rows stored; exit {code}"
     )
+    if args.clusters > 1:
+        rates = ", ".join(f"{c} {r:,}/s" for c, r in out["per_cluster_flows_per_s"].items())
+        shares = ", ".join(
+            f"{c} {v:.0%}" for c, v in out["per_cluster_share_when_first_done"].items()
+        )
+        print(f"  per relay: {rates}; stored when the first finished: {shares}")
     if rows != run.expected or code != 0:
         print(
             f"collect_throughput: store has {rows:,} rows (expected {run.expected:,}), exit code {code}",
@@ -217,31 +265,35 @@ def knobs(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k)}
 
 
-def rss_run(args: argparse.Namespace, workdir: Path) -> dict:
-    """Stream at a fixed --rate for --duration seconds; print RSS over time."""
+def rss_run(args: argparse.Namespace, workdir: Path, tree: Path | None = None) -> dict:
+    """Stream at a fixed --rate for --duration seconds, compaction running as in production;
+    print the stored rate and RSS over time."""
     rate = args.rate or 30_000
     flows = int(rate * args.duration * 1.2)
-    run = Run(flows, args.clusters, rate, workdir, args)
+    run = Run(flows, args.clusters, rate, workdir, args, tree)
     started = time.monotonic()
     samples = []
     next_at = started + args.every
-    print(f"{'t (s)':>6} {'stored':>12} {'flows/s':>9} {'VmRSS':>10} {'VmHWM':>10}")
+    print(f"{'t (s)':>6} {'stored':>12} {'flows/s':>9} {'RSS':>10} {'HWM':>10} {'+children':>10}")
     last_stored, last_t = 0, started
     try:
         while time.monotonic() - started < args.duration and run.alive():
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += args.every
-            stored, _, st = run.sample()
+            time.sleep(min(1.0, max(0.0, next_at - time.monotonic())))
+            stored_by, _ = run.sample()  # every second: a compaction's RSS is seen too
             now = time.monotonic()
-            rss = st.get("VmRSS", 0)
-            samples.append((now - started, stored, rss))
+            if now < next_at:
+                continue
+            next_at += args.every
+            stored = sum(stored_by.values())
+            usage = run.usage
+            samples.append((now - started, stored, usage.rss, usage.tree_rss))
             print(
                 f"{now - started:6.0f} {stored:12,} {(stored - last_stored) / (now - last_t):9,.0f} "
-                f"{mb(rss):>10} {mb(st.get('VmHWM', 0)):>10}",
+                f"{mb(usage.rss):>10} {mb(usage.peak_rss):>10} {mb(usage.tree_rss):>10}",
                 flush=True,
             )
             last_stored, last_t = stored, now
-            if rss > args.max_rss * 1e6:
+            if usage.rss > args.max_rss * 1e6:
                 print(
                     f"rss: stopping early: RSS above --max-rss {args.max_rss:,.0f} MB (a shared machine)"
                 )
@@ -250,36 +302,46 @@ def rss_run(args: argparse.Namespace, workdir: Path) -> dict:
         code, cpu = run.stop()
     if not samples:
         raise SystemExit("collect_throughput: the collector died before the first sample")
-    # the collector compacts in the background (every 60 s): what it left shows it did, within the RSS above
+    # the collector compacts in the background (every 60 s): what it left shows it did
     files = [
         p for p in (run.store / "flows").glob("cluster=*/*/*/*.parquet") if "_schema" not in str(p)
     ]
     merged = sum(p.name.endswith(compact.COMPACT_SUFFIX) for p in files)
-    print(
-        f"rss: store holds {len(files)} files ({merged} made by the collector's compaction)",
-        flush=True,
-    )
+    compactions = run.log_text.count("compaction: merged")
     steady = [s for s in samples if s[0] >= min(60.0, args.duration / 2)] or samples
     lo, hi = min(s[2] for s in steady), max(s[2] for s in steady)
+    kinds = run.usage.by_kind()
     out = {
         "rate": rate,
+        "clusters": args.clusters,
+        "tree": str(tree) if tree else "this",
         "duration_s": args.duration,
         "stored": samples[-1][1],
         "flows_per_s": round(samples[-1][1] / samples[-1][0]),
         "rss_steady_min_mb": round(lo / 1e6, 1),
         "rss_steady_max_mb": round(hi / 1e6, 1),
         "peak_rss_mb": round(run.peak_rss / 1e6, 1),
+        "peak_rss_with_children_mb": round(run.usage.peak_tree_rss / 1e6, 1),
         "cpu_us_per_flow": round(cpu / max(samples[-1][1], 1) * 1e6, 1),
+        "cpu_s_by_process": {k: round(v, 1) for k, v in kinds.items()},
         "exit_code": code,
         "files": len(files),
         "merged_files": merged,
+        "compactions_logged": compactions,
         **knobs(args),
     }
+    by_kind = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
     print(
-        f"rss: {samples[-1][1]:,} flows offered at {rate:,.0f}/s, {out['flows_per_s']:,}/s stored, "
-        f"over {samples[-1][0]:.0f}s; RSS after 60s "
-        f"{mb(lo)} .. {mb(hi)}, peak {mb(run.peak_rss)}; target <= {mb(TARGET_RSS)}: "
+        f"rss: {samples[-1][1]:,} flows offered at {rate:,.0f}/s, {out['flows_per_s']:,}/s stored "
+        f"over {samples[-1][0]:.0f}s; collector RSS after 60s {mb(lo)} .. {mb(hi)}, peak "
+        f"{mb(run.peak_rss)} (with its children at one moment: peak "
+        f"{mb(run.usage.peak_tree_rss)}); target <= {mb(TARGET_RSS)}: "
         f"{'OK' if run.peak_rss <= TARGET_RSS else 'MISSED'}; exit {code}"
+    )
+    print(
+        f"  CPU {out['cpu_us_per_flow']} us/flow ({by_kind}); {compactions} compactions logged, "
+        f"the store holds {len(files)} files ({merged} made by compaction)",
+        flush=True,
     )
     return out
 
@@ -308,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=300, help="give up on the throughput run after this"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary store and log")
+    ap.add_argument(
+        "--tree",
+        type=Path,
+        help="run another checkout's flowpipe too (C decoder built in place), one after the other",
+    )
     ap.add_argument("--flush-rows", type=int, help="pass --flush-rows to the collector")
     ap.add_argument(
         "--max-buffer",
@@ -325,23 +392,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     print(load_note(), flush=True)
-    workdir = Path(tempfile.mkdtemp(prefix="flowpipe-bench-"))
-    out: dict = {}
-    try:
-        if args.rss:
-            out = rss_run(args, workdir)
-            save_result("collect_rss", out)
-        else:
-            out = throughput(args, workdir)
-            save_result(f"collect_throughput_{args.clusters}", out)
-    finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return (
-        1 if out.get("failed") or out.get("exit_code") else 0
-    )  # a missed target is a figure, not a failure
+    trees: list[Path | None] = [None] + ([args.tree.resolve()] if args.tree else [])
+    outs = []
+    for tree in trees:
+        workdir = Path(tempfile.mkdtemp(prefix="flowpipe-bench-"))
+        try:
+            if args.rss:
+                outs.append(rss_run(args, workdir, tree))
+            else:
+                outs.append(throughput(args, workdir, tree))
+        finally:
+            if args.keep:
+                print(f"kept {workdir}", file=sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    if len(outs) == 2:
+        key = "flows_per_s"
+        print(
+            f"this / {args.tree}: {outs[0][key] / outs[1][key]:.2f}x flows/s, "
+            f"{outs[1]['cpu_us_per_flow'] / outs[0]['cpu_us_per_flow']:.2f}x less CPU per flow"
+        )
+    name = "collect_rss" if args.rss else f"collect_throughput_{args.clusters}"
+    save_result(name, outs[0])
+    failed = any(o.get("failed") or o.get("exit_code") for o in outs)
+    return 1 if failed else 0  # a missed target is a figure, not a failure
 
 
 if __name__ == "__main__":

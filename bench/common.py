@@ -147,6 +147,112 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _stat_fields(path: str) -> list[str]:
+    with open(path) as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """pid's live child processes, their children, and so on."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(_stat_fields(str(stat))[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kind(pid: int) -> str:
+    """What a collector's process is, from its command line."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    if "flowpipe.ingest.receiver" in args:
+        return "receiver"
+    if "compact" in args:
+        return "compaction"
+    if "collect" in args:
+        return "collector"
+    if "-c" in args:
+        return "views database"
+    return Path(args[0]).name
+
+
+class TreeUsage:
+    """CPU seconds of a process and its descendants (receivers, compaction), per process kind
+    and per thread, and peak RSS of the process and of all of them together, from /proc."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.threads: dict[tuple[int, int], float] = {}  # (pid, tid) -> CPU seconds
+        self.procs: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds), last sample
+        self.rss = 0  # the process alone, at the last sample
+        self.tree_rss = 0  # the process and its descendants, at the last sample
+        self.peak_rss = 0  # the process alone (its high-water mark)
+        self.peak_tree_rss = 0  # the process and its descendants at one moment
+        self.total = 0.0
+
+    def sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        total_rss = 0
+        total = 0.0
+        procs = {}
+        for pid in [self.pid, *descendants(self.pid)]:
+            try:
+                fields = _stat_fields(f"/proc/{pid}/stat")
+            except (OSError, IndexError):
+                continue
+            own, reaped = (
+                (int(fields[11]) + int(fields[12])) / tick,
+                (int(fields[13]) + int(fields[14])) / tick,
+            )
+            total += own + reaped
+            procs[pid] = (self.procs.get(pid, ("",))[0] or _kind(pid), own)
+            if reaped:  # children it waited for: finished compactions, the views database
+                procs[-pid] = ("finished children", reaped)
+            status = proc_status(pid)
+            total_rss += status.get("VmRSS", 0)
+            if pid == self.pid:
+                self.rss = status.get("VmRSS", 0)
+                self.peak_rss = max(self.peak_rss, status.get("VmHWM", 0))
+            for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+                try:
+                    tf = _stat_fields(str(stat))
+                except (OSError, IndexError):
+                    continue
+                self.threads[(pid, int(stat.parent.name))] = (int(tf[11]) + int(tf[12])) / tick
+        if total >= self.total:
+            self.total, self.procs = total, procs
+        self.tree_rss = total_rss
+        self.peak_tree_rss = max(self.peak_tree_rss, total_rss)
+
+    def cpu(self) -> float:
+        """CPU seconds of the whole tree at the last sample."""
+        return self.total
+
+    def by_kind(self) -> dict[str, float]:
+        """CPU seconds per process kind at the last sample."""
+        out: dict[str, float] = {}
+        for kind, cpu in self.procs.values():
+            out[kind] = out.get(kind, 0.0) + cpu
+        return out
+
+    def free_cores_seconds(self) -> float:
+        """Seconds the work would take with every core free: its CPU spread over the cores, but
+        never less than its busiest process (a pipeline is as fast as its slowest stage, and a
+        Python process counts as one stage: its threads take turns holding the GIL)."""
+        busiest = max((cpu for _, cpu in self.procs.values()), default=0.0)
+        return max(busiest, self.total / (os.cpu_count() or 1))
+
+
 def save_result(name: str, figures: dict) -> None:
     """Write a benchmark's figures to bench/.results/<name>.json for bench/run.py."""
     RESULTS.mkdir(exist_ok=True)
