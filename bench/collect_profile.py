@@ -4,6 +4,10 @@ encoding, fsync, compaction, ...).
 
 Each stage is a share of all samples of every process (py-spy, non-idle threads), so two trees
 profiled in one run (--tree, e.g. a checkout of main) compare as ratios on a noisy machine.
+py-spy counts a thread that waits for a core, the GIL or a full pipe as busy: the us/flow of the
+samples run 2-3x above the CPU time /proc reports (printed last); read the shares. A compaction
+child runs every 60 s, so a run shorter than that has none (collect_vs_hubble's sustained run
+reports its CPU).
 
     .venv/bin/python bench/collect_profile.py --flows 500000 --tree /tmp/main-checkout
 """
@@ -98,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"this": None, **({"other": args.tree.resolve()} if args.tree else {})}
     results = {name: profile(args.flows, tree, args.rate) for name, tree in trees.items()}
     stages = [s for s, _ in STAGES] + ["other (start-up, imports, logging, HTTP metrics)"]
-    print(f"py-spy samples of the collector and its children, {args.flows:,} flows:")
+    print(
+        f"py-spy samples of the collector and its children, {args.flows:,} flows (sampled us/flow, share):"
+    )
     print(f"  {'stage':<46}" + "".join(f"{name:>22}" for name in results))
     for stage in stages:
         cells = ""
