@@ -144,7 +144,7 @@ store_option = click.option(
     "store_path",
     envvar=STORE_ENV,
     metavar="PATH",
-    help=f"Store directory (or ${STORE_ENV}).",
+    help=f"Store directory, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (or ${STORE_ENV}).",
 )
 
 

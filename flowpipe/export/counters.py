@@ -232,7 +232,7 @@ class StoreCounters:
                             n: _rows(str(self.store.root / key / n)) for n in listing[kind][key]
                         }
         except duckdb.Error as exc:
-            raise StoreError(f"store {self.store.root}: counting flows failed: {exc}") from exc
+            raise StoreError(f"store {self.store.url}: counting flows failed: {exc}") from exc
         finally:
             con.close()
 

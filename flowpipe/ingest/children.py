@@ -19,7 +19,7 @@ class Compactor:
     """`flowpipe compact --no-wait` in a child process, one at a time; outcomes go to the log."""
 
     def __init__(self, store: Store, *, settle: float, keep: float | None):
-        self.cmd = [sys.executable, "-m", "flowpipe.cli", "compact", "--store", str(store.root)]
+        self.cmd = [sys.executable, "-m", "flowpipe.cli", "compact", "--store", store.url]
         self.cmd += ["--no-wait", "--settle", f"{settle}s"]
         if keep is not None:
             self.cmd += ["--keep", f"{keep}s"]
@@ -72,9 +72,9 @@ class Compactor:
 
 def start_database(store: Store) -> subprocess.Popen:
     """Refresh <store>/flowpipe.duckdb (the views, for the duckdb CLI) in a child process."""
-    code = "import sys; from flowpipe.store.layout import Store; from flowpipe.views import catalog; catalog.write_database(Store(sys.argv[1]))"
+    code = "import sys; from flowpipe.store.layout import Store; from flowpipe.views import catalog; catalog.write_database(Store.open(sys.argv[1]))"
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(store.root)],
+        [sys.executable, "-c", code, store.url],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -87,4 +87,4 @@ def database_error(proc: subprocess.Popen, store: Store) -> str | None:
     if proc.returncode == 0:
         return None
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    return lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.root}/flowpipe.duckdb"
+    return lines[-1].split(": ", 1)[-1] if lines else f"cannot write {store.url}/flowpipe.duckdb"

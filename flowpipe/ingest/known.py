@@ -6,7 +6,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from flowpipe.errors import StoreError
-from flowpipe.store.layout import FLOWS, Store, _dir_hour_ns, _hour_dirs, time_spans
+from flowpipe.store.layout import FLOWS, Store, time_spans
 
 HOUR_NS = 3_600_000_000_000
 CACHE_KEYS = 600_000  # keys of recently read row groups kept (~40 MB)
@@ -25,13 +25,13 @@ class StoredKeys:
         self.store = store
         self.cluster = cluster
         self.files: dict[int, dict[Path, list]] = {}  # hour -> file -> time_spans
-        self.listed: dict[int, int | None] = {}  # hour -> directory mtime when listed
+        self.listed: dict[int, object] = {}  # hour -> the store's listing token when listed
         self.cache: OrderedDict[tuple[Path, int], set[int]] = OrderedDict()
         self.cached = 0
 
     def note(self, path: Path) -> None:
         """Index a file this process just wrote (published, or staged under .incoming/)."""
-        spans = time_spans(path)
+        spans = time_spans(path, self.store)
         oldest = min((lo for _, lo, _ in spans if lo is not None), default=0)
         self.files.setdefault(oldest // HOUR_NS * HOUR_NS, {})[path] = spans
 
@@ -64,23 +64,18 @@ class StoredKeys:
         return out
 
     def _existing_hours(self) -> set[int]:
-        base = self.store.root / FLOWS / f"cluster={self.cluster}"
-        return set(self.files) | {_dir_hour_ns(d) for d in _hour_dirs(base)}
+        return set(self.files) | self.store.hours(FLOWS, self.cluster)
 
     def _hour(self, hour: int) -> dict[Path, list]:
         d = self.store.partition_dir(FLOWS, self.cluster, hour)
-        try:
-            mtime: int | None = d.stat().st_mtime_ns
-        except FileNotFoundError:
-            mtime = None
         known = self.files.setdefault(hour, {})
-        if self.listed.get(hour, -1) != mtime:
-            present = set(d.glob("*.parquet")) if mtime is not None else set()
+        token, present = self.store.hour_files(FLOWS, self.cluster, hour, self.listed.get(hour))
+        if present is not None:  # changed since listed
             for path in [p for p in known if p.parent == d and p not in present]:
                 del known[path]  # compacted away
             for path in present - known.keys():
-                known[path] = time_spans(path)
-            self.listed[hour] = mtime
+                known[path] = time_spans(path, self.store)
+            self.listed[hour] = token
         return known
 
     def _keys(self, path: Path, rg: int) -> set[int]:
@@ -88,12 +83,12 @@ class StoredKeys:
         if hit is not None:
             self.cache.move_to_end((path, rg))
             return hit
-        if not path.exists():
+        if not self.store.exists(path):
             raise FileNotFoundError(path)
         try:
             keys = set(self.store.keys_in(path, row_groups=[rg]))
         except StoreError:
-            if not path.exists():
+            if not self.store.exists(path):
                 raise FileNotFoundError(path) from None
             raise
         self.cache[(path, rg)] = keys

@@ -279,9 +279,9 @@ def _guide(
         "  Grafana: import deploy/grafana/flowpipe-dashboard.json with a Prometheus datasource on the URL above",
         "",
         "try:",
-        f"  flowpipe check stage{stage} --store {store.root} --since 5m",
-        f"  flowpipe check stage1 --store {store.root} --since {since} --cluster cluster1",
-        f'  flowpipe query --store {store.root} "SELECT cluster, verdict, count(*) FROM flows GROUP BY ALL ORDER BY ALL"',
+        f"  flowpipe check stage{stage} --store {store.url} --since 5m",
+        f"  flowpipe check stage1 --store {store.url} --since {since} --cluster cluster1",
+        f'  flowpipe query --store {store.url} "SELECT cluster, verdict, count(*) FROM flows GROUP BY ALL ORDER BY ALL"',
     ]
     lines += [
         f"  hubble observe --server 127.0.0.1:{p} --follow   # {c}" for c, p in relays.items()

@@ -133,7 +133,7 @@ def suggest(
         check_cluster(c)
     names = list(dict.fromkeys(clusters or [])) or store.clusters()
     if not names:
-        raise StoreError(f"store {store.root} has no clusters yet: run collect or import first")
+        raise StoreError(f"store {store.url} has no clusters yet: run collect or import first")
     with store.read_lock():
         con = open_views(store, names, since_dt, until_dt)
         try:

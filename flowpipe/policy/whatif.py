@@ -152,7 +152,7 @@ def run_whatif(
         evaluator = Evaluator(parsed.policies, re2)
         names = list(dict.fromkeys(clusters or [])) or store.clusters()
         if not names:
-            raise StoreError(f"store {store.root} has no clusters yet: run collect or import first")
+            raise StoreError(f"store {store.url} has no clusters yet: run collect or import first")
         headers = sorted(
             {
                 n
@@ -225,7 +225,7 @@ def open_views(
             con.execute(stmt)
     except duckdb.Error as exc:
         con.close()
-        raise StoreError(f"store {store.root}: cannot read the flows: {first_line(exc)}") from exc
+        raise StoreError(f"store {store.url}: cannot read the flows: {first_line(exc)}") from exc
     return con
 
 
@@ -234,7 +234,7 @@ def scan_store(store: Store, con, **kw) -> connections.Scan:
     try:
         return connections.Scan(con, **kw)
     except duckdb.Error as exc:
-        raise StoreError(f"store {store.root}: cannot read the flows: {first_line(exc)}") from exc
+        raise StoreError(f"store {store.url}: cannot read the flows: {first_line(exc)}") from exc
 
 
 def _shown(decisions: list[Decision], per_list: int) -> list[Group]:

@@ -115,7 +115,7 @@ def _clusters(store: Store, given: Iterable[str] | None) -> list[str]:
     names = list(dict.fromkeys(given or [])) or store.clusters()
     if not names:
         raise StoreError(
-            f"store {store.root} has no clusters yet: run collect first or pass --cluster"
+            f"store {store.url} has no clusters yet: run collect first or pass --cluster"
         )
     for name in names:
         try:

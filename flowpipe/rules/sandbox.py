@@ -7,8 +7,7 @@ import json
 import os
 import re
 import threading
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -16,7 +15,7 @@ import duckdb
 from flowpipe.common.sql import date_literal, datetime_ns, ns_literal, quote, quote_list
 from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, RuleError, StoreError
-from flowpipe.store.layout import EVENTS, FLOWS, SCHEMA_CLUSTER, Store
+from flowpipe.store.layout import EVENTS, FLOWS, Store
 from flowpipe.views import catalog as views
 
 # Table functions a rule may call: they generate rows and touch nothing outside the query.
@@ -369,7 +368,8 @@ class Sandbox:
         self.same_schema = frozenset(
             kind
             for kind in (FLOWS, EVENTS)
-            if views.same_schema(
+            if store.local
+            and views.same_schema(
                 list(dict.fromkeys(f for per in self.files.values() for f in per[kind]))
             )
         )
@@ -443,6 +443,7 @@ class Sandbox:
                 kind: [f for i, f in enumerate(fs) if i == 0 or f in only]
                 for kind, fs in files.items()
             }
+        views.register(self.con, self.store, files)
         for stmt in views.view_sql(
             self.store, files=files, where=" AND ".join(conds), same_schema=self.same_schema
         ):
@@ -482,30 +483,10 @@ class Sandbox:
 def window_files(
     store: Store, kind: str, cluster: str, since_ns: int | None, until_ns: int | None
 ) -> list[str]:
-    """Committed files of cluster whose hour partition overlaps the window, plus the schema file."""
-    base = store.root / kind
-    out = [str(p) for p in sorted((base / f"cluster={SCHEMA_CLUSTER}").glob("*/*/*.parquet"))]
+    """The schema file, then the committed files of cluster that may hold rows of the window."""
+    out = store.schema_files(kind)
     if not out:
         raise StoreError(
-            f"store {store.root}: no schema file under {kind}/ (is this a flowpipe store?)"
+            f"store {store.url}: no schema file under {kind}/ (is this a flowpipe store?)"
         )
-    for hour_dir in sorted((base / f"cluster={cluster}").glob("date=*/hour=*")):
-        start = _hour_ns(hour_dir)
-        if start is not None:
-            if since_ns is not None and start + HOUR_NS <= since_ns:
-                continue
-            if until_ns is not None and start > until_ns:
-                continue
-        out += [str(p) for p in sorted(hour_dir.glob("*.parquet"))]
-    return out
-
-
-def _hour_ns(hour_dir: Path) -> int | None:
-    try:
-        day = datetime.strptime(hour_dir.parent.name.split("=", 1)[1], "%Y-%m-%d").replace(
-            tzinfo=UTC
-        )
-        hour = int(hour_dir.name.split("=", 1)[1])
-    except (IndexError, ValueError):
-        return None  # unexpected name: read it rather than silently skip it
-    return datetime_ns(day) + hour * HOUR_NS
+    return out + store.committed(kind, cluster, since_ns, until_ns)

@@ -136,7 +136,7 @@ def _remove_partition(store: Store, part: Path) -> int:
                 date_dir.rmdir()
         except OSError as exc:
             raise StoreError(
-                f"store {store.root}: {_describe_os_error(exc, f'removing {part}')}"
+                f"store {store.url}: {_describe_os_error(exc, f'removing {part}')}"
             ) from exc
     return len(files)
 
@@ -198,7 +198,7 @@ def _merge(
     try:
         schemas = [pq.read_schema(f) for f in files]
     except (OSError, pa.ArrowException) as exc:
-        raise StoreError(f"store {store.root}: cannot read {part}: {exc}") from exc
+        raise StoreError(f"store {store.url}: cannot read {part}: {exc}") from exc
     schema = pa.unify_schemas(schemas)
     kind = part.parent.parent.parent.name  # flows or events
     outputs: list[tuple[Path, Path]] = []
@@ -269,7 +269,7 @@ def _merge(
         reason = (
             _describe_os_error(exc, f"compacting {part}") if isinstance(exc, OSError) else str(exc)
         )
-        raise StoreError(f"store {store.root}: {reason}") from exc
+        raise StoreError(f"store {store.url}: {reason}") from exc
     # The swap is the only moment readers must not list the directory: new files in, old out.
     with store.swap_lock():
         for tmp, final in outputs:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from flowpipe.codec import storage
 from flowpipe.errors import StoreError
 from flowpipe.ingest import dedup
+from flowpipe.store import location
 
 FLOWS = "flows"
 EVENTS = "events"
@@ -37,6 +39,7 @@ PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 FORMAT_VERSION = "2"
 ROW_GROUP = 256 * 1024  # rows: import writes a file of at most this many rows as one row group
 SCHEMA_CLUSTER = "_schema"  # cannot clash: cluster names start with a letter or digit
+HOUR_NS = 3_600_000_000_000
 
 
 def write_options(schema: pa.Schema) -> dict:
@@ -83,10 +86,18 @@ def _describe_os_error(exc: OSError, what: str) -> str:
 
 
 class Store:
-    """A store root: flows/ and events/ partitions, an .incoming/ area and the DuckDB file."""
+    """A store root: flows/ and events/ partitions, an .incoming/ area and the DuckDB file.
+
+    This is the store on a local disk (rename and flock); store.objstore.ObjectStore is the same
+    interface over s3:// and gs:// (a commit log). Store.open gives the right one."""
+
+    local = True
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)  # what messages name
+        self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+        self.incoming = self.root / INCOMING  # temporary files (tmp_path)
 
     # -------------------------------------------------------------- layout
 
@@ -100,11 +111,15 @@ class Store:
             root = os.environ.get(ENV)
         if not root:
             raise StoreError(f"no store given: pass --store PATH or set {ENV}")
+        if location.is_remote(root):
+            from flowpipe.store.objstore import ObjectStore
+
+            return ObjectStore.open_url(str(root), create=create, check_format=check_format)
         store = cls(root)
         if create:
             store.ensure()
         elif not (store.root / FLOWS).is_dir():
-            raise StoreError(f"no flowpipe store at {store.root} (run collect or import first)")
+            raise StoreError(f"no flowpipe store at {store.url} (run collect or import first)")
         elif check_format:
             store.check_format()
         return store
@@ -124,8 +139,8 @@ class Store:
         found = self.format_version()
         if found is not None and found != FORMAT_VERSION:
             raise StoreError(
-                f"store {self.root} is in format {found} (an older flowpipe wrote it); convert it "
-                f"once with: flowpipe migrate --store {self.root}"
+                f"store {self.url} is in format {found} (an older flowpipe wrote it); convert it "
+                f"once with: flowpipe migrate --store {self.url}"
             )
 
     def _schema_dir(self, kind: str) -> Path:
@@ -140,9 +155,7 @@ class Store:
             (self.root / LOCK).touch(exist_ok=True)
             self._write_schema_files()
         except OSError as exc:
-            raise StoreError(
-                f"store {self.root}: {_describe_os_error(exc, 'creating it')}"
-            ) from exc
+            raise StoreError(f"store {self.url}: {_describe_os_error(exc, 'creating it')}") from exc
 
     def _write_schema_files(self) -> None:
         # An empty file with the current schema in every glob: views work on an empty store,
@@ -169,7 +182,7 @@ class Store:
                 _fsync_dir(d)
         except OSError as exc:
             raise StoreError(
-                f"store {self.root}: {_describe_os_error(exc, 'writing its schema files')}"
+                f"store {self.url}: {_describe_os_error(exc, 'writing its schema files')}"
             ) from exc
 
     def live_writers(self) -> int:
@@ -179,7 +192,7 @@ class Store:
         }
         return sum(
             1
-            for lock in (self.root / INCOMING).glob("*.lock")
+            for lock in self.incoming.glob("*.lock")
             if lock.name[: -len(".lock")] not in mine and _locked(lock)
         )
 
@@ -189,7 +202,7 @@ class Store:
         The token's lock file stays locked while the process lives, so clean_incoming (run by
         every collector at start) removes only what dead writers left, never a live importer's
         or compactor's file."""
-        incoming = self.root / INCOMING
+        incoming = self.incoming
         incoming.mkdir(parents=True, exist_ok=True)
         key = (os.getpid(), str(self.root))
         token = _TOKENS.get(key)
@@ -207,23 +220,65 @@ class Store:
 
     def files(self, kind: str = FLOWS, cluster: str | None = None) -> list[Path]:
         """Committed Parquet files of kind, optionally of one cluster, sorted by path."""
+        return [Path(p) for p in self.committed(kind, cluster)]
+
+    def committed(
+        self,
+        kind: str = FLOWS,
+        cluster: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> list[str]:
+        """The committed data files of kind (of one cluster, or all) whose hour partition
+        overlaps [since_ns, until_ns], sorted: what every reader reads (never a schema file, a
+        temporary file or, on object storage, a file the commit log does not hold)."""
+        out = []
+        for c in [cluster] if cluster else self._clusters(kind):
+            for part in _hour_dirs(self.root / kind / f"cluster={c}"):
+                if hour_overlaps(_safe_hour_ns(part), since_ns, until_ns):
+                    out += sorted(str(p) for p in part.glob("*.parquet"))
+        return out
+
+    def schema_files(self, kind: str) -> list[str]:
+        """The empty schema file(s) of kind: every file list a reader builds starts with one."""
+        return [str(p) for p in sorted(self._schema_dir(kind).glob("*.parquet"))]
+
+    def open_input(self, path: str | os.PathLike[str]):
+        """A readable (seekable) file for a stored path (pyarrow, pq.ParquetFile)."""
+        return self.fs.open_input_file(str(path))
+
+    def exists(self, path: str | os.PathLike[str]) -> bool:
+        return Path(path).exists()
+
+    def hour_files(
+        self, kind: str, cluster: str, hour_ns: int, since: object = None
+    ) -> tuple[object, set | None]:
+        """(a token that changes when the hour's committed files change, those files), the
+        files None when the token is still `since` (listed before, unchanged)."""
+        d = self.partition_dir(kind, cluster, hour_ns)
+        try:
+            mtime: int | None = d.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if since is not None and mtime == since:
+            return mtime, None
+        return mtime, set(d.glob("*.parquet")) if mtime is not None else set()
+
+    def hours(self, kind: str, cluster: str) -> set[int]:
+        """Start (ns) of every hour partition cluster has files in."""
+        return {_dir_hour_ns(d) for d in _hour_dirs(self.root / kind / f"cluster={cluster}")}
+
+    def _clusters(self, kind: str) -> list[str]:
         base = self.root / kind
-        pattern = f"cluster={cluster}/*/*/*.parquet" if cluster else "cluster=*/*/*/*.parquet"
         return sorted(
-            p
-            for p in base.glob(pattern)
-            if p.parent.parent.parent.name != f"cluster={SCHEMA_CLUSTER}"
+            name
+            for p in base.glob("cluster=*")
+            if p.is_dir() and (name := p.name.split("=", 1)[1]) != SCHEMA_CLUSTER
         )
 
     def clusters(self) -> list[str]:
         """Clusters that have a flows or events partition."""
-        names = set()
-        for kind in (FLOWS, EVENTS):
-            base = self.root / kind
-            if base.is_dir():
-                names.update(p.name.split("=", 1)[1] for p in base.glob("cluster=*") if p.is_dir())
-        names.discard(SCHEMA_CLUSTER)
-        return sorted(names)
+        return sorted({c for kind in (FLOWS, EVENTS) for c in self._clusters(kind)})
 
     def partition_dir(self, kind: str, cluster: str, hour_start_ns: int) -> Path:
         dt = datetime.fromtimestamp(hour_start_ns / 1e9, tz=UTC)
@@ -250,7 +305,7 @@ class Store:
             fd = os.open(self.root / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StoreError(
-                f"store {self.root}: {_describe_os_error(exc, 'locking it for compaction')}"
+                f"store {self.url}: {_describe_os_error(exc, 'locking it for compaction')}"
             ) from exc
         try:
             try:
@@ -334,7 +389,7 @@ class Store:
                     os.rename(final, tmp)
             self.discard(staged)
             raise StoreError(
-                f"store {self.root}: {_describe_os_error(exc, 'publishing files')}"
+                f"store {self.url}: {_describe_os_error(exc, 'publishing files')}"
             ) from exc
         staged.files.extend(final for _, final in staged.pending)
         staged.pending.clear()
@@ -367,11 +422,11 @@ class Store:
             reason = (
                 _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
             )
-            raise StoreError(f"store {self.root}: {reason}") from exc
+            raise StoreError(f"store {self.url}: {reason}") from exc
 
     def clean_incoming(self) -> int:
         """Remove temporary files left by killed writers (never a live writer's); return how many."""
-        incoming = self.root / INCOMING
+        incoming = self.incoming
         alive: dict[str, bool] = {}
         n = 0
         for tmp in sorted(incoming.glob("*.tmp")):
@@ -394,29 +449,23 @@ class Store:
 
     def last_time(self, cluster: str) -> int | None:
         """Newest flow time (ns) stored for cluster, from Parquet statistics."""
-        newest = None
-        for part in reversed(_hour_dirs(self.root / FLOWS / f"cluster={cluster}")):
-            for path in part.glob("*.parquet"):
-                t = _max_time(path)
-                if t is not None and (newest is None or t > newest):
-                    newest = t
-            if newest is not None:
-                return newest
+        by_hour: dict[int | None, list[str]] = {}
+        for path in self.committed(FLOWS, cluster):
+            by_hour.setdefault(path_hour_ns(path), []).append(path)
+        for hour in sorted(by_hour, key=lambda h: -1 if h is None else h, reverse=True):
+            times = [t for p in by_hour[hour] if (t := _max_time(self, p)) is not None]
+            if times:
+                return max(times)
         return None
 
     def keys_between(self, cluster: str, lo_ns: int, hi_ns: int | None = None) -> set[int]:
         """Dedup keys (see dedup.keys) of the flows stored for cluster in [lo_ns, hi_ns]."""
         found: set[int] = set()
-        hour = 3_600_000_000_000
-        for part in _hour_dirs(self.root / FLOWS / f"cluster={cluster}"):
-            start = _dir_hour_ns(part)
-            if start + hour <= lo_ns or (hi_ns is not None and start > hi_ns):
-                continue
-            for path in part.glob("*.parquet"):
-                newest = _max_time(path)
-                if newest is not None and newest < lo_ns:
-                    continue  # the footer says every flow in it is older: skip reading it
-                found.update(self.keys_in(path, lo_ns, hi_ns))
+        for path in self.committed(FLOWS, cluster, lo_ns, hi_ns):
+            newest = _max_time(self, path)
+            if newest is not None and newest < lo_ns:
+                continue  # the footer says every flow in it is older: skip reading it
+            found.update(self.keys_in(path, lo_ns, hi_ns))
         return found
 
     def keys_in(
@@ -429,11 +478,11 @@ class Store:
         """Dedup keys of the flows of one flows file (or of some of its row groups) in [lo_ns, hi_ns]."""
         columns = ["time", "uuid", "_uuid", "_fp"]
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(self.open_input(path))
             columns = [c for c in columns if c in pf.schema_arrow.names]
             t = pf.read(columns) if row_groups is None else pf.read_row_groups(row_groups, columns)
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"store {self.root}: cannot read {path}: {exc}") from exc
+            raise StoreError(f"store {self.url}: cannot read {path}: {exc}") from exc
         ttype = t.schema.field("time").type
         conds = []
         if lo_ns is not None:
@@ -468,6 +517,27 @@ def _hour_dirs(cluster_dir: Path) -> list[Path]:
     return sorted(p for p in cluster_dir.glob("date=*/hour=*") if p.is_dir())
 
 
+def hour_overlaps(start_ns: int | None, since_ns: int | None, until_ns: int | None) -> bool:
+    """Whether the hour starting at start_ns (None: unknown, so read it) overlaps the window."""
+    if start_ns is None:
+        return True
+    if since_ns is not None and start_ns + HOUR_NS <= since_ns:
+        return False
+    return until_ns is None or start_ns <= until_ns
+
+
+def _safe_hour_ns(part: Path) -> int | None:
+    try:
+        return _dir_hour_ns(part)
+    except (IndexError, ValueError):
+        return None  # an unexpected name: read it rather than silently skip it
+
+
+def path_hour_ns(path: str | os.PathLike[str]) -> int | None:
+    """Start (ns) of the hour partition a stored file's path names (None: not a partition)."""
+    return _safe_hour_ns(Path(path).parent)
+
+
 def _dir_hour_ns(part: Path) -> int:
     date = part.parent.name.split("=", 1)[1]
     hour = int(part.name.split("=", 1)[1])
@@ -475,15 +545,16 @@ def _dir_hour_ns(part: Path) -> int:
     return int(dt.timestamp()) * 1_000_000_000
 
 
-def _max_time(path: Path) -> int | None:
-    return max((newest for _, _, newest in time_spans(path) if newest is not None), default=None)
+def _max_time(store: Store, path: Path) -> int | None:
+    spans = time_spans(path, store)
+    return max((newest for _, _, newest in spans if newest is not None), default=None)
 
 
-def time_spans(path: Path) -> list[tuple[int, int | None, int | None]]:
+def time_spans(path: Path, store: Store | None = None) -> list[tuple[int, int | None, int | None]]:
     """(row group, oldest, newest flow time in ns) of each row group of a file, from its footer
     (None, None for a row group without statistics); empty when unreadable."""
     try:
-        meta = pq.read_metadata(path)
+        meta = pq.read_metadata(path if store is None else store.open_input(path))
     except (OSError, pa.ArrowException):
         return []
     names = meta.schema.names
@@ -502,7 +573,7 @@ def time_spans(path: Path) -> list[tuple[int, int | None, int | None]]:
 
 def _by_hour(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     """Split table by the hour of its time column (rows without time go to hour 0)."""
-    hour_ns = 3_600_000_000_000
+    hour_ns = HOUR_NS
     times = table.column("time").cast(pa.int64()).fill_null(0)
     hours = pc.multiply(pc.divide(times, hour_ns), hour_ns)  # integer division
     span = pc.min_max(hours)

@@ -57,14 +57,14 @@ def migrate(store: Store, *, stop: threading.Event | None = None) -> MigrateRepo
         return report
     if report.from_version != "1":
         raise StoreError(
-            f"store {store.root} is in format {report.from_version}, which this flowpipe does not "
+            f"store {store.url} is in format {report.from_version}, which this flowpipe does not "
             f"know (it writes format {FORMAT_VERSION}): use a newer flowpipe"
         )
     with store.compact_lock():  # no compaction (of any version) swaps files meanwhile
         busy = store.live_writers()
         if busy:
             raise StoreError(
-                f"store {store.root}: {busy} flowpipe process(es) are writing to it (collect, "
+                f"store {store.url}: {busy} flowpipe process(es) are writing to it (collect, "
                 "import or compact); stop them, then run migrate again"
             )
         store.clean_incoming()
@@ -86,7 +86,7 @@ def _convert(store: Store, kind: str, path: Path, report: MigrateReport) -> None
             return
         before = path.stat().st_size
     except (OSError, pa.ArrowException) as exc:
-        raise StoreError(f"store {store.root}: cannot read {path}: {exc}") from exc
+        raise StoreError(f"store {store.url}: cannot read {path}: {exc}") from exc
     tmp = store.tmp_path(f"migrate-{path.name}")
     writer = None
     try:
@@ -112,7 +112,7 @@ def _convert(store: Store, kind: str, path: Path, report: MigrateReport) -> None
             tmp.unlink()
         what = f"converting {path}"
         reason = _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} ({what})"
-        raise StoreError(f"store {store.root}: {reason}") from exc
+        raise StoreError(f"store {store.url}: {reason}") from exc
     report.converted += 1
     report.bytes_before += before
     report.bytes_after += path.stat().st_size

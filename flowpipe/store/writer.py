@@ -70,7 +70,7 @@ class StreamWriter:
             reason = (
                 _describe_os_error(exc, what) if isinstance(exc, OSError) else f"{exc} while {what}"
             )
-            raise StoreError(f"store {self.store.root}: {reason}") from exc
+            raise StoreError(f"store {self.store.url}: {reason}") from exc
 
     def _writer(self, kind: str, hour_ns: int, part: pa.Table) -> pq.ParquetWriter:
         key = (kind, hour_ns)
@@ -108,7 +108,7 @@ class StreamWriter:
             reason = (
                 _describe_os_error(exc, "closing files") if isinstance(exc, OSError) else str(exc)
             )
-            raise StoreError(f"store {self.store.root}: {reason}") from exc
+            raise StoreError(f"store {self.store.url}: {reason}") from exc
         self._open.clear()
         if publish:
             self.store.publish(result)

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from flowpipe.codec import storage, summary
 from flowpipe.common.sql import quote, quote_list
+from flowpipe.common.text import first_line
 from flowpipe.store.layout import DB_FILE, EVENTS, FLOWS, INCOMING, Store, StoreError
 from flowpipe.views import columns
 from flowpipe.views.macros import MACROS
@@ -28,9 +31,18 @@ CONVENIENCE_VIEWS = {
 }
 
 
+# On object storage the views read pyarrow datasets registered under these names (register):
+# DuckDB's httpfs extension downloads itself at first use, which fails where only PyPI is
+# reachable; a pyarrow dataset gets projection and filter pushdown and pyarrow's S3/GCS client.
+SOURCES = {FLOWS: "_flowpipe_flows_source", EVENTS: "_flowpipe_events_source"}
+PARTITIONS = pa.schema([("cluster", pa.string()), ("date", pa.date32()), ("hour", pa.int32())])
+
+
 def _reader(
     store: Store, kind: str, files: list[str] | None = None, union_by_name: bool = True
 ) -> str:
+    if not store.local:
+        return SOURCES[kind]
     # files: an explicit list (check's cluster and time window) instead of the store-wide glob
     source = quote(store.glob(kind)) if files is None else quote_list(files)
     return (
@@ -86,6 +98,39 @@ def _stored_select(kind: str) -> str:
     return f"* REPLACE ({', '.join(replace)}), time AS {RAW_TIME}"
 
 
+def register(
+    con: duckdb.DuckDBPyConnection, store: Store, files: dict[str, list[str]] | None = None
+) -> None:
+    """On an object store, (re)point the views' sources at pyarrow datasets over files (default:
+    every committed file); nothing to do on disk, where the views read the files by path."""
+    if store.local:
+        return
+    files = files or {}
+    for kind in (FLOWS, EVENTS):
+        paths = files.get(kind)
+        if paths is None:
+            paths = store.schema_files(kind) + store.committed(kind)
+        con.register(SOURCES[kind], dataset(store, kind, paths))
+
+
+def dataset(store: Store, kind: str, paths: list[str]) -> pads.Dataset:
+    """A pyarrow dataset over stored files of kind with the partition columns (the schema of
+    the store's format: files written before a column existed read it as NULL)."""
+    try:
+        schema = pq.read_schema(store.open_input(store.schema_files(kind)[0]))
+        schema = pa.unify_schemas([schema, PARTITIONS])
+        return pads.dataset(
+            [str(p) for p in paths],
+            schema=schema,
+            format="parquet",
+            filesystem=store.fs,
+            partitioning=pads.partitioning(PARTITIONS, flavor="hive"),
+            partition_base_dir=f"{store.root}/{kind}",
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise StoreError(f"store {store.url}: cannot read {kind}: {first_line(exc)}") from exc
+
+
 def view_sql(
     store: Store,
     *,
@@ -103,6 +148,8 @@ def view_sql(
     # on stored columns (cluster, date, hour, time as BIGINT ns): pushed into the Parquet scan
     cond = f" WHERE {where}" if where else ""
     fsel, esel = _stored_select(FLOWS), _stored_select(EVENTS)
+    # a pyarrow dataset has no filename column: serve --follow needs a disk store
+    filename = "filename" if store.local else "NULL::VARCHAR AS filename"
 
     def reader(kind: str) -> str:
         return _reader(
@@ -116,8 +163,8 @@ def view_sql(
         f"CREATE OR REPLACE VIEW flows_proto AS SELECT {fsel} FROM {reader(FLOWS)}{cond}",
         f"CREATE OR REPLACE VIEW events_proto AS SELECT {esel} FROM {reader(EVENTS)}{cond}",
         # the same rows plus the file each came from: serve follows newly committed files
-        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT {fsel}, filename FROM {reader(FLOWS)}{cond}",
-        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT {esel}, filename FROM {reader(EVENTS)}{cond}",
+        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT {fsel}, {filename} FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT {esel}, {filename} FROM {reader(EVENTS)}{cond}",
         f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]
@@ -229,6 +276,7 @@ def _skip(buf: bytes, pos: int, kind: int) -> int:
 
 def build_views(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     """Create the views (flows, events, policy_verdicts, drops, l7_http, l7_dns, ...) and macros."""
+    register(con, store)
     for stmt in view_sql(store):
         con.execute(stmt)
 
@@ -247,8 +295,13 @@ def connect(
     return con
 
 
-def write_database(store: Store) -> Path:
-    """(Re)write <store>/flowpipe.duckdb with the same views, atomically; nothing keeps it open."""
+def write_database(store: Store) -> Path | None:
+    """(Re)write <store>/flowpipe.duckdb with the same views, atomically; nothing keeps it open.
+
+    Not on object storage (None): a DuckDB file there could read the bucket only through
+    httpfs; `flowpipe query --store s3://...` gives the same views."""
+    if not store.local:
+        return None
     final = store.root / DB_FILE
     tmp = store.root / INCOMING / "db-not-created.duckdb"
     try:
@@ -267,5 +320,5 @@ def write_database(store: Store) -> Path:
         for leftover in (tmp, Path(str(tmp) + ".wal")):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        raise StoreError(f"store {store.root}: cannot write {DB_FILE}: {exc}") from exc
+        raise StoreError(f"store {store.url}: cannot write {DB_FILE}: {exc}") from exc
     return final
