@@ -53,3 +53,21 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS S3 server for the session (tests use fresh prefixes of its bucket)."""
+    from tests.support import seaweed
+
+    server = seaweed.start(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    seaweed.stop(server.proc)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server, with the standard AWS environment pointing at it (for this test)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server

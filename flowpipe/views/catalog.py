@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _date
 import os
 import uuid
 from pathlib import Path
@@ -114,21 +115,33 @@ def register(
 
 
 def dataset(store: Store, kind: str, paths: list[str]) -> pads.Dataset:
-    """A pyarrow dataset over stored files of kind with the partition columns (the schema of
-    the store's format: files written before a column existed read it as NULL)."""
+    """A pyarrow dataset over stored files of kind with the partition columns and `filename`,
+    as read_parquet gives them on disk (constant per file: scans skip files by them). Its schema
+    is the store format's: files written before a column existed read it as NULL."""
     try:
         schema = pq.read_schema(store.open_input(store.schema_files(kind)[0]))
-        schema = pa.unify_schemas([schema, PARTITIONS])
-        return pads.dataset(
-            [str(p) for p in paths],
-            schema=schema,
-            format="parquet",
-            filesystem=store.fs,
-            partitioning=pads.partitioning(PARTITIONS, flavor="hive"),
-            partition_base_dir=f"{store.root}/{kind}",
-        )
-    except (OSError, pa.ArrowException) as exc:
+        schema = pa.unify_schemas([schema, PARTITIONS, pa.schema([("filename", pa.string())])])
+        fmt = pads.ParquetFileFormat()
+        frags = [
+            fmt.make_fragment(str(p), filesystem=store.fs, partition_expression=_constants(str(p)))
+            for p in paths
+        ]
+        return pads.FileSystemDataset(frags, schema, fmt, store.fs)
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise StoreError(f"store {store.url}: cannot read {kind}: {first_line(exc)}") from exc
+
+
+def _constants(path: str) -> pads.Expression:
+    """cluster, date, hour (from the hive directories) and filename of one stored file."""
+    parts = dict(d.split("=", 1) for d in path.split("/")[-4:-1] if "=" in d)
+    expr = pads.field("filename") == path
+    if "cluster" in parts:
+        expr &= pads.field("cluster") == parts["cluster"]
+    if "date" in parts:
+        expr &= pads.field("date") == pa.scalar(_date.date.fromisoformat(parts["date"]))
+    if "hour" in parts:
+        expr &= pads.field("hour") == pa.scalar(int(parts["hour"]), pa.int32())
+    return expr
 
 
 def view_sql(
@@ -148,8 +161,6 @@ def view_sql(
     # on stored columns (cluster, date, hour, time as BIGINT ns): pushed into the Parquet scan
     cond = f" WHERE {where}" if where else ""
     fsel, esel = _stored_select(FLOWS), _stored_select(EVENTS)
-    # a pyarrow dataset has no filename column: serve --follow needs a disk store
-    filename = "filename" if store.local else "NULL::VARCHAR AS filename"
 
     def reader(kind: str) -> str:
         return _reader(
@@ -163,8 +174,8 @@ def view_sql(
         f"CREATE OR REPLACE VIEW flows_proto AS SELECT {fsel} FROM {reader(FLOWS)}{cond}",
         f"CREATE OR REPLACE VIEW events_proto AS SELECT {esel} FROM {reader(EVENTS)}{cond}",
         # the same rows plus the file each came from: serve follows newly committed files
-        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT {fsel}, {filename} FROM {reader(FLOWS)}{cond}",
-        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT {esel}, {filename} FROM {reader(EVENTS)}{cond}",
+        f"CREATE OR REPLACE VIEW flows_proto_files AS SELECT {fsel}, filename FROM {reader(FLOWS)}{cond}",
+        f"CREATE OR REPLACE VIEW events_proto_files AS SELECT {esel}, filename FROM {reader(EVENTS)}{cond}",
         f"CREATE OR REPLACE VIEW flows AS SELECT\n  {flat}\nFROM flows_proto",
         f"CREATE OR REPLACE VIEW events AS SELECT\n  {events}\nFROM events_proto",
     ]

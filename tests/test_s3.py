@@ -1,0 +1,176 @@
+"""The store on S3 (a real SeaweedFS on loopback): the same reports as on disk, nothing lost or twice."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import capture_files
+from test_collect import Running, config, make_responses, wait_for
+from test_stages import CLUSTERS, build
+
+from flowpipe.codec import storage
+from flowpipe.errors import StoreError
+from flowpipe.lab import generate as lab
+from flowpipe.rules import check
+from flowpipe.serve.replay import ReplayServer
+from flowpipe.store.layout import Store
+from flowpipe.views import query
+
+STAGE_FILES = [f"stage{n}.sql" for n in (1, 2, 3, 4, 5)]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flowpipe.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def report_rows(rep: check.CheckReport) -> list[tuple]:
+    """Everything a report says but how long each rule took."""
+    return [
+        tuple(v for k, v in dataclasses.asdict(r).items() if k != "duration_s") for r in rep.results
+    ]
+
+
+def s3_copy(url: str, disk: Store) -> Store:
+    """The disk store's committed files written again, cluster by cluster, into a store at url."""
+    store = Store.open(url, create=True)
+    for cluster in disk.clusters():
+        flows = [pq.read_table(p) for p in disk.files("flows", cluster)]
+        events = [pq.read_table(p) for p in disk.files("events", cluster)]
+        for t in flows:
+            store.write(cluster, t.drop_columns(["cluster", "date", "hour"]), None)
+        for t in events:
+            store.write(cluster, None, storage.events_from_storage(t))
+    return store
+
+
+def stored_flows(store: Store, cluster: str) -> list:
+    out = []
+    for p in store.files("flows", cluster):
+        out += storage.flows_from_columns(pq.read_table(store.open_input(p)))
+    return out
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+def test_every_stage_file_reports_the_same_on_s3_as_on_disk(s3, tmp_path, stage):
+    disk = build(tmp_path / "disk", stage)
+    remote = Store.open(s3.url(f"stage{stage}"), create=True)
+    for cluster, responses in lab.generate_lab(stage, clusters=CLUSTERS, seed=7).items():
+        if responses:
+            from flowpipe.codec import decode
+
+            flows, events = decode.split_responses(
+                decode.decode_responses([r.SerializeToString() for r in responses])
+            )
+            remote.write(cluster, storage.to_storage(flows), events)
+    on_disk = check.run_check(disk, STAGE_FILES, clusters=list(CLUSTERS))
+    on_s3 = check.run_check(remote, STAGE_FILES, clusters=list(CLUSTERS))
+    assert not on_disk.errors()
+    assert report_rows(on_s3) == report_rows(on_disk)
+    assert any(r.evidence for r in on_s3.results)  # the rules saw flows
+    sql = "SELECT cluster, count(*), sum(hash(uuid)) FROM flows GROUP BY ALL ORDER BY ALL"
+    assert query.fetch(remote, sql) == query.fetch(disk, sql)
+
+
+def test_collect_from_two_relays_into_s3_gives_the_disk_report(s3, tmp_path):
+    per = lab.generate_lab(5, clusters=CLUSTERS, seed=7)
+    disk = Store(tmp_path / "disk")
+    remote = Store.open(s3.url("collect"), create=True)
+    with (
+        ReplayServer(responses=per["cluster1"], follow=True) as r1,
+        ReplayServer(responses=per["cluster2"], follow=True) as r2,
+    ):
+        for store in (disk, remote):
+            cfg = config(("cluster1", r1.address), ("cluster2", r2.address))
+            with Running(cfg, store) as run:
+                wait_for(
+                    lambda run=run: all(
+                        run.metric("flowpipe_collector_flows_stored_total", cluster=c)
+                        == sum(r.HasField("flow") for r in per[c])
+                        for c in CLUSTERS
+                    ),
+                    what="every flow stored",
+                )
+                assert run.stop() == 0
+    for c in CLUSTERS:
+        sent = {r.flow.uuid: r.flow for r in per[c] if r.HasField("flow")}
+        got = stored_flows(remote, c)
+        assert len(got) == len(sent) and {f.uuid: f for f in got} == sent
+    on_disk = check.run_check(disk, ["stage5.sql"])
+    on_s3 = check.run_check(remote, ["stage5.sql"])
+    assert report_rows(on_s3) == report_rows(on_disk)
+    assert on_s3.passed()
+
+
+def test_import_twice_into_s3_adds_nothing_the_second_time(s3, tmp_path):
+    url = s3.url("import")
+    files = [str(p) for p in capture_files()]
+    for store in (url, url, str(tmp_path / "disk")):
+        out = cli("import", "--store", store, "--cluster", "otel", *files)
+        assert out.returncode == 0, out.stderr
+    sql = "SELECT count(*), count(DISTINCT _uuid), sum(hash(_fp)), max(time) FROM flows_proto"
+    got = query.fetch(Store.open(url), sql)
+    assert got == query.fetch(Store.open(tmp_path / "disk"), sql)
+    assert got[1][0][0] > 700
+    out = cli("query", "--store", url, "--format", "csv", "SELECT count(*) AS n FROM flows")
+    assert out.returncode == 0 and out.stdout.split() == ["n", str(got[1][0][0])], out.stderr
+
+
+def test_a_data_object_without_a_log_entry_is_not_read(s3):
+    """What a writer killed between its two PUTs leaves: an object no entry names."""
+    store = Store.open(s3.url("orphan"), create=True)
+    responses = make_responses(50, seed=3)
+    from flowpipe.codec import decode
+
+    flows, events = decode.split_responses(
+        decode.decode_responses([r.SerializeToString() for r in responses])
+    )
+    staged = store.stage("c1", storage.to_storage(flows), events)
+    for tmp, final in staged.pending:  # uploaded, never committed
+        store._upload(tmp, str(final))
+    store.discard(staged)
+    assert store.clusters() == [] and store.committed() == []
+    store.write("c1", storage.to_storage(flows), events)
+    _, rows = query.fetch(store, "SELECT count(*) FROM flows")
+    assert rows == [(50,)]
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"AWS_SECRET_ACCESS_KEY": "wrong"}, "denied"),
+        ({"AWS_ACCESS_KEY_ID": "nobody"}, "denied"),
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach"),
+    ],
+)
+def test_unreachable_store_or_bad_credentials_is_one_line(s3, env, says):
+    url = s3.url("bad")
+    for args in (
+        ["query", "--store", url, "SELECT 1"],
+        ["check", "stage5.sql", "--store", url],
+        ["import", "--store", url, "--cluster", "c1", str(capture_files()[0])],
+    ):
+        out = cli(*args, env=env)
+        assert out.returncode != 0
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and url in lines[0] and says in lines[0], out.stderr
+
+
+def test_missing_bucket_and_missing_store_are_one_line(s3):
+    out = cli("query", "--store", "s3://no-such-bucket-here/x", "SELECT 1")
+    assert out.returncode != 0
+    assert out.stderr.strip() == (
+        "error: store s3://no-such-bucket-here/x: the bucket 'no-such-bucket-here' does not exist"
+    )
+    with pytest.raises(StoreError, match="no flowpipe store at s3://"):
+        Store.open(s3.url("never-written"))
