@@ -174,3 +174,85 @@ def test_missing_bucket_and_missing_store_are_one_line(s3):
     )
     with pytest.raises(StoreError, match="no flowpipe store at s3://"):
         Store.open(s3.url("never-written"))
+
+
+def _small_files(
+    store: Store, cluster: str, n_files: int, per_file: int, start_ns: int, seed: int = 0
+) -> int:
+    """n_files commits of per_file distinct flows each (a collector's flushes), from start_ns."""
+    from flowpipe.codec import decode
+
+    for i in range(n_files):
+        responses = make_responses(
+            per_file,
+            start_ns=start_ns + i * per_file * 1_000_000,
+            step_ns=1_000_000,
+            seed=seed + i + 1,
+        )
+        flows, events = decode.split_responses(
+            decode.decode_responses([r.SerializeToString() for r in responses])
+        )
+        store.write(cluster, storage.to_storage(flows), events)
+    return n_files * per_file
+
+
+COUNT = "SELECT count(*), count(DISTINCT uuid) FROM flows"
+
+
+def test_compaction_while_reading_counts_every_flow_once(s3):
+    """Two `flowpipe compact` processes at once (each its own log writer) while a reader reads."""
+    import threading
+    import time
+
+    url = s3.url("compact")
+    store = Store.open(url, create=True)
+    hour = 3_600_000_000_000
+    closed = (time.time_ns() // hour - 3) * hour  # an hour compaction merges whole
+    total = _small_files(store, "c1", 24, 40, closed)
+    total += _small_files(store, "c1", 20, 30, time.time_ns() - 120_000_000_000, 100)  # open
+    seen: list = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(query.fetch(Store.open(url), COUNT)[1][0])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "flowpipe.cli", "compact", "--store", url, "--settle", "0s"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        for _ in range(3):
+            seen.append(query.fetch(Store.open(url), COUNT)[1][0])
+    finally:
+        stop.set()
+        reader.join(60)
+    assert seen and set(seen) == {(total, total)}
+    after = Store.open(url).committed("flows", "c1")
+    assert len(after) < 10, after  # merged: 24 closed-hour files into one, 16 open ones into one
+    assert sum(pq.read_metadata(Store.open(url).open_input(p)).num_rows for p in after) == total
+
+
+def test_retention_drops_old_hours_from_the_log(s3):
+    import time
+
+    from flowpipe.store import compact
+
+    url = s3.url("retention")
+    store = Store.open(url, create=True)
+    hour = 3_600_000_000_000
+    old = _small_files(store, "c1", 3, 20, time.time_ns() - 50 * hour)
+    new = _small_files(store, "c1", 2, 20, time.time_ns() - 60_000_000_000, 100)
+    assert query.fetch(store, COUNT)[1] == [(old + new, old + new)]
+    report = compact.compact(Store.open(url), keep=24 * 3600)
+    assert report.removed_partitions == 1 and report.removed_files == 3
+    assert query.fetch(Store.open(url), COUNT)[1] == [(new, new)]

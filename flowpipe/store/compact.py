@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import threading
 import uuid
 from dataclasses import dataclass
@@ -19,11 +18,8 @@ from flowpipe.errors import StoreError
 from flowpipe.store.layout import (
     EVENTS,
     FLOWS,
-    SCHEMA_CLUSTER,
     Store,
     _describe_os_error,
-    _dir_hour_ns,
-    _fsync_dir,
     now_ns,
     stored_rows,
     write_options,
@@ -106,39 +102,21 @@ def _compact(
 ) -> CompactReport:
     report = CompactReport()
     for kind in (FLOWS, EVENTS):
-        base = store.root / kind
-        for part in sorted(base.glob("cluster=*/date=*/hour=*")):
+        for (cluster, start), files in sorted(store.partitions(kind).items()):
             if stop is not None and stop.is_set():
                 return report
-            if part.parent.parent.name == f"cluster={SCHEMA_CLUSTER}" or not part.is_dir():
-                continue
-            start = _dir_hour_ns(part)
+            part = store.partition_dir(kind, cluster, start)
             if keep is not None and start + HOUR_NS <= now - int(keep * 1e9):
-                report.removed_files += _remove_partition(store, part)
+                report.removed_files += store.drop(kind, cluster, start, files)
                 report.removed_partitions += 1
                 continue
             if start + HOUR_NS + int(grace_s * 1e9) > now:
-                _merge_open(store, part, now - int(settle_s * 1e9), report, stop)
+                _merge_open(store, kind, cluster, start, now - int(settle_s * 1e9), report, stop)
                 continue
-            files = sorted(part.glob("*.parquet"))
             if len(files) >= min_files:
-                _merge(store, part, files, report, stop=stop)
+                _merge(store, part, [Path(f) for f in files], report, stop=stop)
+    store.tidy(now)
     return report
-
-
-def _remove_partition(store: Store, part: Path) -> int:
-    files = list(part.glob("*.parquet"))
-    with store.swap_lock():
-        try:
-            shutil.rmtree(part)
-            date_dir = part.parent
-            if not any(date_dir.iterdir()):
-                date_dir.rmdir()
-        except OSError as exc:
-            raise StoreError(
-                f"store {store.url}: {_describe_os_error(exc, f'removing {part}')}"
-            ) from exc
-    return len(files)
 
 
 def level(path: Path) -> int:
@@ -151,7 +129,13 @@ def level(path: Path) -> int:
 
 
 def _merge_open(
-    store: Store, part: Path, settled_ns: int, report: CompactReport, stop: threading.Event | None
+    store: Store,
+    kind: str,
+    cluster: str,
+    start: int,
+    settled_ns: int,
+    report: CompactReport,
+    stop: threading.Event | None,
 ) -> None:
     """Merge FANOUT files of one level into one of the next, while any level has that many.
 
@@ -160,18 +144,19 @@ def _merge_open(
     about log_FANOUT(files per hour) times, and an open hour holds at most FANOUT-1 files per
     level. Committed files join only once settled (older than settle_s): `serve --follow` reads
     new committed files, and takes merged ones for history."""
+    part = store.partition_dir(kind, cluster, start)
     while stop is None or not stop.is_set():
-        files = sorted(part.glob("*.parquet"))
+        files = sorted(Path(f) for f in store.committed(kind, cluster, start, start + HOUR_NS - 1))
         by_level: dict[int, list[Path]] = {}
         for f in files:
+            if str(f.parent) != str(part):
+                continue
             lv = level(f)
             if lv == FINAL:
                 continue
             if lv == 0:
-                try:
-                    if f.stat().st_mtime_ns > settled_ns:
-                        continue
-                except FileNotFoundError:
+                at = store.committed_at(f)
+                if at is None or at > settled_ns:
                     continue
             by_level.setdefault(lv, []).append(f)
         ready = [lv for lv, fs in sorted(by_level.items()) if len(fs) >= FANOUT]
@@ -196,7 +181,7 @@ def _merge(
     rows per file, and a row group per input would leave merged files with thousands of tiny
     row groups, whose footers DuckDB parses on every query."""
     try:
-        schemas = [pq.read_schema(f) for f in files]
+        schemas = [pq.read_schema(store.open_input(f)) for f in files]
     except (OSError, pa.ArrowException) as exc:
         raise StoreError(f"store {store.url}: cannot read {part}: {exc}") from exc
     schema = pa.unify_schemas(schemas)
@@ -239,8 +224,8 @@ def _merge(
         for f in files:
             if stop is not None and stop.is_set():
                 raise _Stopped
-            report.bytes_before += f.stat().st_size
-            source = pq.ParquetFile(f)
+            report.bytes_before += store.size(f)
+            source = pq.ParquetFile(store.open_input(f))
             for i in range(source.num_row_groups):  # a row group at a time: memory stays bounded
                 table = source.read_row_group(i)
                 for col in schema.names:
@@ -270,14 +255,6 @@ def _merge(
             _describe_os_error(exc, f"compacting {part}") if isinstance(exc, OSError) else str(exc)
         )
         raise StoreError(f"store {store.url}: {reason}") from exc
-    # The swap is the only moment readers must not list the directory: new files in, old out.
-    with store.swap_lock():
-        for tmp, final in outputs:
-            os.rename(tmp, final)
-            report.bytes_after += final.stat().st_size
-        for f in files:
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-        _fsync_dir(part)
+    report.bytes_after += store.replace([str(f) for f in files], outputs)
     report.merged_files += len(files)
     report.written_files += len(outputs)

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -445,6 +446,61 @@ class Store:
                     lock.unlink()
         return n
 
+    # -------------------------------------------------------------- compaction and retention
+
+    def partitions(self, kind: str) -> dict[tuple[str, int], list[str]]:
+        """(cluster, hour start ns) -> committed files of that hour partition (compaction)."""
+        out: dict[tuple[str, int], list[str]] = {}
+        for path in self.committed(kind):
+            hour = path_hour_ns(path)
+            if hour is not None:
+                out.setdefault((_path_cluster(path), hour), []).append(path)
+        return out
+
+    def committed_at(self, path: str | os.PathLike[str]) -> int | None:
+        """When path was committed (ns; None when it is gone): compaction lets new files settle."""
+        try:
+            return Path(path).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def size(self, path: str | os.PathLike[str]) -> int:
+        return Path(path).stat().st_size
+
+    def replace(self, removed: list[str], outputs: list[tuple[Path, Path]]) -> int:
+        """Publish compaction's staged outputs and remove its inputs, as one step for readers;
+        return the outputs' bytes. On disk: renames under the swap lock (readers wait)."""
+        size = 0
+        with self.swap_lock():
+            dirs = {Path(final).parent for _, final in outputs} | {Path(f).parent for f in removed}
+            for tmp, final in outputs:
+                os.rename(tmp, final)
+                size += Path(final).stat().st_size
+            for f in removed:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f).unlink()
+            for d in dirs:
+                _fsync_dir(d)
+        return size
+
+    def drop(self, kind: str, cluster: str, hour_ns: int, files: list[str]) -> int:
+        """Retention: remove an hour partition (files: what it holds); return how many files."""
+        part = self.partition_dir(kind, cluster, hour_ns)
+        with self.swap_lock():
+            try:
+                shutil.rmtree(part)
+                date_dir = part.parent
+                if not any(date_dir.iterdir()):
+                    date_dir.rmdir()
+            except OSError as exc:
+                raise StoreError(
+                    f"store {self.url}: {_describe_os_error(exc, f'removing {part}')}"
+                ) from exc
+        return len(files)
+
+    def tidy(self, now_ns: int) -> None:
+        """After compaction: nothing to do on disk (clean_incoming removes dead writers' files)."""
+
     # -------------------------------------------------------------- reading state
 
     def last_time(self, cluster: str) -> int | None:
@@ -531,6 +587,10 @@ def _safe_hour_ns(part: Path) -> int | None:
         return _dir_hour_ns(part)
     except (IndexError, ValueError):
         return None  # an unexpected name: read it rather than silently skip it
+
+
+def _path_cluster(path: str | os.PathLike[str]) -> str:
+    return Path(path).parent.parent.parent.name.split("=", 1)[1]
 
 
 def path_hour_ns(path: str | os.PathLike[str]) -> int | None:

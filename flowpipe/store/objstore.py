@@ -49,6 +49,7 @@ from flowpipe.store.layout import (
 SNAPSHOT_TTL_S = 1.0  # a snapshot is reused this long by one process (import's lookups per batch)
 GET_THREADS = 8  # log entries fetched at once
 SAFE_AGE_NS = 3600 * 10**9  # removed objects, orphans and superseded log entries live this long
+CHECKPOINT_EVERY = 200  # log entries past the newest checkpoint before compaction writes one
 
 _WRITERS: dict[tuple[int, str], str] = {}  # (pid, store url) -> this process's writer id
 _SEQ: dict[tuple[int, str, str], int] = {}  # (pid, store url, cluster) -> last seq written
@@ -69,6 +70,7 @@ class ObjectStore(Store):
         self.incoming = Path(tempfile.gettempdir()) / "flowpipe-spool" / digest
         self._entries: dict[str, dict[tuple[str, int], Entry]] = {}  # cluster -> entries read
         self._snaps: dict[str, tuple[float, Snapshot]] = {}
+        self._since_checkpoint: dict[str, int] = {}  # cluster -> entries read past the checkpoint
         self._lock = threading.Lock()
 
     @classmethod
@@ -257,6 +259,11 @@ class ObjectStore(Store):
             snap = Snapshot.decode(data)
         with self._lock:
             cache = self._entries.setdefault(cluster, {})
+            self._since_checkpoint[cluster] = sum(
+                1
+                for name in names
+                if (wn := parse_name(name)) is not None and wn[1] > snap.applied.get(wn[0], 0)
+            )
             want = [
                 name
                 for name in names
@@ -351,6 +358,107 @@ class ObjectStore(Store):
         for path in self.committed(FLOWS, cluster, lo_ns, hi_ns):  # min/max from the log
             found.update(self.keys_in(path, lo_ns, hi_ns))
         return found
+
+    # ------------------------------------------------------------ compaction, retention, tidying
+
+    def _rel(self, path) -> str:
+        return str(PurePosixPath(path).relative_to(self.root))
+
+    def _live(self, path) -> tuple[Added, str, int, int] | None:
+        rel = self._rel(path)
+        return self.snapshot(_cluster_of(rel)).live.get(rel)
+
+    def committed_at(self, path) -> int | None:
+        hit = self._live(path)
+        return None if hit is None else hit[3]
+
+    def size(self, path) -> int:
+        hit = self._live(path)
+        return 0 if hit is None else hit[0].bytes
+
+    def replace(self, removed: list[str], outputs: list[tuple[Path, PurePosixPath]]) -> int:
+        """Upload compaction's outputs, then one entry: remove the inputs, add the outputs."""
+        rels = [self._rel(f) for f in removed]
+        cluster = _cluster_of(rels[0])
+        snap = self.snapshot(cluster, fresh=True)
+        if any(r not in snap.live for r in rels):  # another compaction took them: drop ours
+            for tmp, _ in outputs:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            return 0
+        staged = WriteResult(pending=list(outputs))
+        added = []
+        try:
+            for tmp, final in outputs:
+                added.append(_describe_file(tmp, self._rel(final)))
+                self._upload(tmp, str(final))
+        except (OSError, pa.ArrowException) as exc:
+            self.discard(staged)
+            raise StoreError(f"store {self.url}: {location.describe(exc)} (compacting)") from exc
+        self.append(cluster, added, rels, snap.after_for(rels))
+        self.discard(staged)
+        return sum(a.bytes for a in added)
+
+    def drop(self, kind: str, cluster: str, hour_ns: int, files: list[str]) -> int:
+        rels = [self._rel(f) for f in files]
+        snap = self.snapshot(cluster, fresh=True)
+        rels = [r for r in rels if r in snap.live]
+        if rels:
+            self.append(cluster, [], rels, snap.after_for(rels))
+        return len(rels)
+
+    def tidy(self, now_ns: int) -> None:
+        """Delete what no reader can need any more: objects removed (or never committed, by a
+        killed writer) over SAFE_AGE_NS ago; fold the log into a checkpoint every
+        CHECKPOINT_EVERY entries and delete entries a checkpoint over SAFE_AGE_NS old covers."""
+        for cluster in self.clusters():
+            snap = self.snapshot(cluster, fresh=True)
+            old = now_ns - SAFE_AGE_NS
+            gone = [rel for rel, t in snap.removed.items() if t < old]
+            for kind in (FLOWS, EVENTS):
+                sel = pafs.FileSelector(
+                    self._path(f"{kind}/cluster={cluster}"), recursive=True, allow_not_found=True
+                )
+                for info in self._call("listing its objects", self.fs.get_file_info, sel):
+                    if info.type != pafs.FileType.File:
+                        continue
+                    rel = self._rel(info.path)
+                    orphan = rel not in snap.live and rel not in snap.removed
+                    if orphan and info.mtime_ns is not None and info.mtime_ns < old:
+                        gone.append(rel)
+            for rel in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    self._call("deleting removed objects", self.fs.delete_file, self._path(rel))
+            for rel in gone:
+                snap.removed.pop(rel, None)
+            self._fold(cluster, snap, now_ns)
+
+    def _fold(self, cluster: str, snap: Snapshot, now_ns: int) -> None:
+        prefix = self._path(f"{LOG}/{cluster}")
+        if self._since_checkpoint.get(cluster, 0) >= CHECKPOINT_EVERY:
+            name = f"{now_ns:019d}-{self.writer_id()}.json"
+            data = snap.encode(now_ns)
+            self._call("writing a checkpoint", self._put, f"{prefix}/{CHECKPOINTS}/{name}", data)
+            self._since_checkpoint[cluster] = 0
+        cps = sorted(
+            i.base_name
+            for i in self._list(f"{prefix}/{CHECKPOINTS}")
+            if i.type == pafs.FileType.File
+        )
+        settled = [c for c in cps if int(c.split("-", 1)[0]) < now_ns - SAFE_AGE_NS]
+        if not settled:
+            return
+        base = Snapshot.decode(
+            self._call("reading a checkpoint", self._get, f"{prefix}/{CHECKPOINTS}/{settled[-1]}")
+        )
+        for info in self._list(prefix):
+            wn = parse_name(info.base_name)
+            if wn is not None and wn[1] <= base.applied.get(wn[0], 0):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.delete_file(info.path)
+        for c in settled[:-1]:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(f"{prefix}/{CHECKPOINTS}/{c}")
 
 
 def _cluster_of(rel: str) -> str:
