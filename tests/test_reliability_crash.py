@@ -30,7 +30,7 @@ def collect_cmd(store, a: str, b: str) -> list[str]:
         "flowpipe.cli",
         "collect",
         "--store",
-        str(store.root),
+        store.url,
         "--plaintext",
         "--relay",
         f"cluster1={a}",

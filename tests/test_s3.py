@@ -256,3 +256,49 @@ def test_retention_drops_old_hours_from_the_log(s3):
     report = compact.compact(Store.open(url), keep=24 * 3600)
     assert report.removed_partitions == 1 and report.removed_files == 3
     assert query.fetch(Store.open(url), COUNT)[1] == [(new, new)]
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_collector_writing_to_s3_loses_and_repeats_nothing(s3):
+    import random
+    import signal
+    import time
+
+    from test_reliability_crash import collect_cmd
+
+    rng = random.Random(7)
+    n = 20_000
+    start = time.time_ns() - 3_600_000_000_000
+    a = make_responses(n, start_ns=start, step_ns=10_000_000, node="c1-node", seed=11)
+    b = make_responses(n, start_ns=start + 5_000_000, step_ns=10_000_000, node="c2-node", seed=12)
+    url = s3.url("crash")
+    store = Store.open(url, create=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def count() -> int:
+        return query.fetch(Store.open(url), "SELECT count(*) FROM flows")[1][0][0]
+
+    with ReplayServer(responses=a, follow=True) as ra, ReplayServer(responses=b, follow=True) as rb:
+        cmd = collect_cmd(store, ra.address, rb.address)
+        counts = []
+        for _ in range(6):
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(rng.uniform(1.5, 4.0))  # start-up, mid-stream, mid-upload or mid-commit
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            counts.append(count())
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and count() < 2 * n:
+            time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+        assert proc.returncode == 0, err
+    assert counts == sorted(counts) and counts[-1] > 0, counts
+    _, rows = query.fetch(
+        Store.open(url),
+        "SELECT cluster, count(*), count(DISTINCT uuid) FROM flows GROUP BY ALL ORDER BY ALL",
+    )
+    assert rows == [("cluster1", n, n), ("cluster2", n, n)]
