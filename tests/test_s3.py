@@ -302,3 +302,109 @@ def test_sigkill_of_a_collector_writing_to_s3_loses_and_repeats_nothing(s3):
         "SELECT cluster, count(*), count(DISTINCT uuid) FROM flows GROUP BY ALL ORDER BY ALL",
     )
     assert rows == [("cluster1", n, n), ("cluster2", n, n)]
+
+
+class _Proxy:
+    """A TCP forwarder to the S3 server that the test can take down and bring back."""
+
+    def __init__(self, target: str):
+        import socket
+        import threading
+
+        self.host, self.port = "127.0.0.1", 0
+        self.target = target.split("://", 1)[1].split(":")
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        import socket
+        import threading
+
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((self.host, self.port))
+        self.port = ls.getsockname()[1]
+        ls.listen(64)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def down(self) -> None:
+        import contextlib
+
+        import socket
+
+        with self.lock:
+            with contextlib.suppress(OSError):
+                self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone does not
+            self.listener.close()
+            for c in self.conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                    c.close()
+            self.conns.clear()
+
+    def _accept(self, ls) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return
+            server = socket.create_connection((self.target[0], int(self.target[1])))
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def test_collect_retries_while_the_bucket_is_unreachable_and_stores_everything_once(
+    s3, monkeypatch
+):
+    proxy = _Proxy(s3.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    store = Store.open(s3.url("outage"), create=True)
+    sent = make_responses(3000, seed=5)
+    with ReplayServer(responses=sent, follow=True, rate=1500) as relay:
+        with Running(config(("c1", relay.address)), store) as run:
+            wait_for(lambda: run.metric("flowpipe_collector_flows_stored_total", cluster="c1") > 0)
+            proxy.down()
+            wait_for(
+                lambda: run.metric("flowpipe_collector_flush_errors_total", cluster="c1") > 0,
+                timeout=60,
+                what="a failed commit counted",
+            )
+            proxy.up()
+            wait_for(
+                lambda: run.metric("flowpipe_collector_flows_stored_total", cluster="c1") >= 3000,
+                timeout=60,
+                what="every flow stored after the outage",
+            )
+            assert run.stop() == 0
+            stored = run.metric("flowpipe_collector_flows_stored_total", cluster="c1")
+    # rate= keeps generating flows (new uuids): every one committed is there once, none twice
+    _, rows = query.fetch(Store.open(store.url), "SELECT count(*), count(DISTINCT uuid) FROM flows")
+    assert rows == [(stored, stored)]
+    _, got = query.fetch(Store.open(store.url), "SELECT uuid FROM flows")
+    assert {r.flow.uuid for r in sent} <= {u for (u,) in got}

@@ -52,7 +52,7 @@ SAFE_AGE_NS = 3600 * 10**9  # removed objects, orphans and superseded log entrie
 CHECKPOINT_EVERY = 200  # log entries past the newest checkpoint before compaction writes one
 
 _WRITERS: dict[tuple[int, str], str] = {}  # (pid, store url) -> this process's writer id
-_SEQ: dict[tuple[int, str, str], int] = {}  # (pid, store url, cluster) -> last seq written
+_SEQ: dict[tuple[str, str], int] = {}  # (writer id, cluster) -> last seq written
 _SEQ_LOCK = threading.Lock()
 
 
@@ -165,10 +165,11 @@ class ObjectStore(Store):
 
     # ------------------------------------------------------------ writing
 
-    def writer_id(self) -> str:
+    def writer_id(self, retire: bool = False) -> str:
+        """This process's writer id in the log (retire: take a new one, see append)."""
         key = (os.getpid(), self.url)
         with _SEQ_LOCK:
-            if key not in _WRITERS:
+            if key not in _WRITERS or retire:
                 _WRITERS[key] = f"w{uuid.uuid4().hex[:16]}"
             return _WRITERS[key]
 
@@ -210,7 +211,7 @@ class ObjectStore(Store):
     ) -> Entry:
         """Commit one log entry of cluster (its PUT is atomic): adds and removes at once."""
         writer = self.writer_id()
-        key = (os.getpid(), self.url, cluster)
+        key = (writer, cluster)
         with _SEQ_LOCK:  # a seq is taken only once its entry is written: no gap, ever
             seq = _SEQ.get(key, 0) + 1
             entry = Entry(writer, seq, time.time_ns(), add, remove or [], after or {})
@@ -220,6 +221,13 @@ class ObjectStore(Store):
                 self._put(path, data)
             except (OSError, pa.ArrowException) as exc:
                 if not self._landed(path, data):
+                    # The PUT may still have landed (an answer lost): never write this number
+                    # again (a second entry under it could replace one whose rows a reader, or
+                    # the collector's dedup after a rewind, already saw). A new writer id starts
+                    # at 1; the old one ends here, with or without this entry.
+                    self.writer_id(retire=True)
+                    with self._lock:
+                        self._snaps.pop(cluster, None)
                     raise StoreError(
                         f"store {self.url}: {location.describe(exc)} (committing to the log)"
                     ) from exc

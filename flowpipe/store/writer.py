@@ -110,11 +110,13 @@ class StreamWriter:
             )
             raise StoreError(f"store {self.store.url}: {reason}") from exc
         self._open.clear()
-        if publish:
-            self.store.publish(result)
-        self.flows = self.events = 0
-        self.newest_ns = None
-        self.opened_at = None
+        try:
+            if publish:
+                self.store.publish(result)
+        finally:  # published or dropped: these rows are no longer the open files' (metrics)
+            self.flows = self.events = 0
+            self.newest_ns = None
+            self.opened_at = None
         return result
 
     def abort(self) -> None:
