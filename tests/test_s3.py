@@ -332,7 +332,6 @@ class _Proxy:
 
     def down(self) -> None:
         import contextlib
-
         import socket
 
         with self.lock:
