@@ -17,7 +17,7 @@ from flowpipe.codec import storage
 from flowpipe.errors import StoreError
 from flowpipe.lab import generate as lab
 from flowpipe.rules import check
-from flowpipe.serve.replay import ReplayServer
+from flowpipe.serve.replay import ReplayServer, write_responses
 from flowpipe.store.layout import Store
 from flowpipe.views import query
 
@@ -41,19 +41,6 @@ def report_rows(rep: check.CheckReport) -> list[tuple]:
     ]
 
 
-def s3_copy(url: str, disk: Store) -> Store:
-    """The disk store's committed files written again, cluster by cluster, into a store at url."""
-    store = Store.open(url, create=True)
-    for cluster in disk.clusters():
-        flows = [pq.read_table(p) for p in disk.files("flows", cluster)]
-        events = [pq.read_table(p) for p in disk.files("events", cluster)]
-        for t in flows:
-            store.write(cluster, t.drop_columns(["cluster", "date", "hour"]), None)
-        for t in events:
-            store.write(cluster, None, storage.events_from_storage(t))
-    return store
-
-
 def stored_flows(store: Store, cluster: str) -> list:
     out = []
     for p in store.files("flows", cluster):
@@ -64,15 +51,7 @@ def stored_flows(store: Store, cluster: str) -> list:
 @pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
 def test_every_stage_file_reports_the_same_on_s3_as_on_disk(s3, tmp_path, stage):
     disk = build(tmp_path / "disk", stage)
-    remote = Store.open(s3.url(f"stage{stage}"), create=True)
-    for cluster, responses in lab.generate_lab(stage, clusters=CLUSTERS, seed=7).items():
-        if responses:
-            from flowpipe.codec import decode
-
-            flows, events = decode.split_responses(
-                decode.decode_responses([r.SerializeToString() for r in responses])
-            )
-            remote.write(cluster, storage.to_storage(flows), events)
+    remote = build(s3.url(f"stage{stage}"), stage)
     on_disk = check.run_check(disk, STAGE_FILES, clusters=list(CLUSTERS))
     on_s3 = check.run_check(remote, STAGE_FILES, clusters=list(CLUSTERS))
     assert not on_disk.errors()
@@ -180,8 +159,6 @@ def _small_files(
     store: Store, cluster: str, n_files: int, per_file: int, start_ns: int, seed: int = 0
 ) -> int:
     """n_files commits of per_file distinct flows each (a collector's flushes), from start_ns."""
-    from flowpipe.codec import decode
-
     for i in range(n_files):
         responses = make_responses(
             per_file,
@@ -189,10 +166,7 @@ def _small_files(
             step_ns=1_000_000,
             seed=seed + i + 1,
         )
-        flows, events = decode.split_responses(
-            decode.decode_responses([r.SerializeToString() for r in responses])
-        )
-        store.write(cluster, storage.to_storage(flows), events)
+        write_responses(store, responses, cluster=cluster)
     return n_files * per_file
 
 
@@ -407,3 +381,52 @@ def test_collect_retries_while_the_bucket_is_unreachable_and_stores_everything_o
     assert rows == [(stored, stored)]
     _, got = query.fetch(Store.open(store.url), "SELECT uuid FROM flows")
     assert {r.flow.uuid for r in sent} <= {u for (u,) in got}
+
+
+def test_serve_over_s3_answers_history_and_follows_new_commits(s3):
+    import time
+
+    import grpc
+    from test_server import DROPPED, Follower, Req, _resp, ids
+
+    from flowpipe.api.observer import observer_pb2_grpc
+    from flowpipe.serve.server import FlowServer
+
+    store = Store.open(s3.url("serve"), create=True)
+    write_responses(
+        store,
+        [_resp(i, verdict="DROPPED" if i % 2 else "FORWARDED") for i in range(20)],
+        cluster="c1",
+    )
+    server = FlowServer(store, "127.0.0.1:0", poll_interval=0.05)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = observer_pb2_grpc.ObserverStub(channel)
+        assert ids(stub, number=100) == list(range(20))
+        assert ids(stub, number=3, whitelist=DROPPED) == [15, 17, 19]
+        live = Follower(stub, Req(follow=True))
+        time.sleep(0.5)
+        write_responses(store, [_resp(i) for i in range(20, 25)], cluster="c1")
+        live.wait_for(5)
+        try:
+            assert live.ids() == list(range(20, 25))
+        finally:
+            live.close()
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_export_counts_the_same_over_s3_as_on_disk(s3, tmp_path):
+    from flowpipe.export.counters import StoreCounters
+
+    disk = build(tmp_path / "disk", 5)
+    remote = build(s3.url("export"), 5)
+    on_disk, on_s3 = StoreCounters(disk), StoreCounters(remote)
+    on_disk.update()
+    on_s3.update()
+    assert on_s3.totals == on_disk.totals and on_s3.totals
+    assert {c: h.flows for c, h in on_s3.health.items()} == {
+        c: h.flows for c, h in on_disk.health.items()
+    }

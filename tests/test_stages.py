@@ -16,9 +16,9 @@ CLUSTERS = ("cluster1", "cluster2")
 VARIANTS = ("allow-all-left", "l4-ingress-left", "no-allow-dns", "no-traffic")
 
 
-def build(root: Path, stage: int, **kw) -> Store:
-    store = Store(root)
-    store.ensure()
+def build(root: Path | str, stage: int, **kw) -> Store:
+    """A store (a directory, or an s3:// URL) holding the lab's flows of stage."""
+    store = Store.open(str(root), create=True)
     for cluster, responses in lab.generate_lab(stage, clusters=CLUSTERS, seed=7, **kw).items():
         if responses:
             flows, events = decode.split_responses(

@@ -8,7 +8,6 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 
 from flowpipe.codec.hubble import TRACE_POINTS
 from flowpipe.errors import StoreError
-from flowpipe.store.layout import EVENTS, FLOWS, SCHEMA_CLUSTER, Store
+from flowpipe.store.layout import EVENTS, FLOWS, Store
 from flowpipe.views import catalog as views
 from flowpipe.views import columns
 
@@ -111,7 +110,8 @@ class StoreCounters:
     def __init__(self, store: Store, *, memory_limit: str = "1GB"):
         self.store = store
         self.memory_limit = memory_limit
-        self.path = store.root / STATE_FILE
+        # on object storage the state stays in memory: a restarted exporter recounts
+        self.path = store.root / STATE_FILE if store.local else None
         self.totals: dict[str, Agg] = {}
         self.parts: dict[str, _Part] = {}  # "flows/cluster=c/date=d/hour=h" -> state
         self.health: dict[str, ClusterHealth] = {}
@@ -121,6 +121,8 @@ class StoreCounters:
     # ------------------------------------------------------------------ state
 
     def _load(self) -> None:
+        if self.path is None:
+            return
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -143,6 +145,8 @@ class StoreCounters:
 
     def save(self) -> None:
         """Write the state atomically (a read-only store keeps it in memory only)."""
+        if self.path is None:
+            return
         data = {
             "version": STATE_VERSION,
             "totals": self.totals,
@@ -216,7 +220,7 @@ class StoreCounters:
                         self._advance(key, agg)
                     for path in new_files:
                         key, name = path[len(str(self.store.root)) + 1 :].rsplit("/", 1)
-                        self.parts.setdefault(key, _Part()).files[name] = _rows(path)
+                        self.parts.setdefault(key, _Part()).files[name] = _rows(self.store, path)
                 if recount:
                     paths = [
                         str(self.store.root / k / n) for k in recount for n in listing[kind][k]
@@ -229,7 +233,8 @@ class StoreCounters:
                         part.agg = {m: dict(s) for m, s in now.items() if m != "_newest"}
                         part.newest_ns = _newest(now) or part.newest_ns
                         part.files = {
-                            n: _rows(str(self.store.root / key / n)) for n in listing[kind][key]
+                            n: _rows(self.store, str(self.store.root / key / n))
+                            for n in listing[kind][key]
                         }
         except duckdb.Error as exc:
             raise StoreError(f"store {self.store.url}: counting flows failed: {exc}") from exc
@@ -241,8 +246,9 @@ class StoreCounters:
     ) -> dict[str, Agg]:
         """partition key -> metric -> labels -> count, over the given files only."""
         # the empty schema files give every column even when the listed files predate some
-        files = {k: _schema_files(self.store, k) for k in (FLOWS, EVENTS)}
+        files = {k: self.store.schema_files(k) for k in (FLOWS, EVENTS)}
         files[kind] += paths
+        views.register(con, self.store, files)
         for stmt in views.view_sql(self.store, files=files):
             con.execute(stmt)
         if kind == FLOWS:
@@ -313,45 +319,21 @@ def _difference(now: Agg, before: Agg) -> Agg:
     return out
 
 
-def _schema_files(store: Store, kind: str) -> list[str]:
-    return [
-        str(p)
-        for p in sorted((store.root / kind / f"cluster={SCHEMA_CLUSTER}").glob("*/*/*.parquet"))
-    ]
-
-
 def _list(store: Store, kind: str) -> dict[str, dict[str, float]]:
-    """'kind/cluster=c/date=d/hour=h' -> file name -> mtime, for every committed file of kind."""
+    """'kind/cluster=c/date=d/hour=h' -> file name -> commit time (s), for every committed file."""
     out: dict[str, dict[str, float]] = {}
-    base = store.root / kind
-    for cdir in _subdirs(base, "cluster="):
-        if cdir.name == f"cluster={SCHEMA_CLUSTER}":
-            continue
-        for ddir in _subdirs(cdir, "date="):
-            for hdir in _subdirs(ddir, "hour="):
-                files = {}
-                with contextlib.suppress(OSError), os.scandir(hdir) as it:
-                    for e in it:
-                        if e.name.endswith(".parquet") and e.is_file():
-                            with contextlib.suppress(OSError):
-                                files[e.name] = e.stat().st_mtime
-                if files:
-                    out[f"{kind}/{cdir.name}/{ddir.name}/{hdir.name}"] = files
+    root = str(store.root)
+    for path in store.committed(kind):
+        at = store.committed_at(path)
+        if at is not None:
+            key, name = path[len(root) + 1 :].rsplit("/", 1)
+            out.setdefault(key, {})[name] = at / 1e9
     return out
 
 
-def _subdirs(path: Path, prefix: str) -> list[Path]:
+def _rows(store: Store, path: str) -> int:
     try:
-        return sorted(
-            Path(e.path) for e in os.scandir(path) if e.name.startswith(prefix) and e.is_dir()
-        )
-    except OSError:
-        return []
-
-
-def _rows(path: str) -> int:
-    try:
-        return pq.read_metadata(path).num_rows
+        return pq.read_metadata(store.open_input(path)).num_rows
     except (OSError, pa.ArrowException):
         return 0
 

@@ -348,7 +348,7 @@ def run(
 
         cfg = cfgmod.from_dict(cfgmod.load_file(collect_config), collect_config)
         cfg.store, cfg.metrics_listen = (
-            str(store.root),
+            store.url,
             None,
         )  # one store, one /metrics: the exporter's
         cfgmod.validate(cfg)

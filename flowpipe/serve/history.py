@@ -12,6 +12,7 @@ from flowpipe.common.sql import MAX_NS, SECOND, date_literal, ns_literal, quote
 from flowpipe.serve.responses import lost_event_response, wrap_flow
 from flowpipe.store.compact import COMPACT_SUFFIX
 from flowpipe.store.layout import EVENTS, FLOWS, Store
+from flowpipe.views import catalog
 from flowpipe.views.catalog import RAW_TIME
 
 T = RAW_TIME  # the stored BIGINT ns: time predicates on it prune Parquet row groups
@@ -40,7 +41,17 @@ class StoreReader:
         self.has_lost = self._count("lost_events IS NOT NULL", "events_proto_files") > 0
 
     def current_files(self) -> set[str]:
-        return {str(p) for kind in (FLOWS, EVENTS) for p in self.store.files(kind)}
+        by_kind = {kind: self.store.committed(kind) for kind in (FLOWS, EVENTS)}
+        files = {p for paths in by_kind.values() for p in paths}
+        if not self.store.local and files != getattr(self, "_registered", None):
+            # object storage: the views' datasets hold the files listed when registered
+            catalog.register(
+                self.con,
+                self.store,
+                {k: self.store.schema_files(k) + v for k, v in by_kind.items()},
+            )
+            self._registered = files
+        return files
 
     def new_files(self) -> set[str]:
         """Files committed since the call started. Compaction output is not new: it only holds

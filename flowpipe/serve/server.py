@@ -94,7 +94,11 @@ class ObserverService:
             if self._base is None:
                 self._base = views.connect(self.store)
                 self._base.execute("SET enable_progress_bar = false")
-            return self._base.cursor()
+            cur = self._base.cursor()
+        # on object storage the views read datasets registered per connection: the files the
+        # log commits now (on disk, views glob the directories and see new files by themselves)
+        views.register(cur, self.store)
+        return cur
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler whose GetFlows yields bytes (no per-message serializer)."""
