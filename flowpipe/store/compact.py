@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from flowpipe.store.layout import (
     Store,
     _describe_os_error,
     now_ns,
+    part_name,
     stored_rows,
     write_options,
 )
@@ -194,7 +194,7 @@ def _merge(
     def new_writer(first_ns: int) -> pq.ParquetWriter:
         # named like committed files, by their first flow's time: files sort, and merge, in
         # time order, so row groups stay narrow in time and queries skip most of them
-        name = f"part-{first_ns:019d}-{uuid.uuid4().hex[:12]}{tag}{COMPACT_SUFFIX}"
+        name = part_name(first_ns, f"{tag}{COMPACT_SUFFIX}")
         tmp = store.tmp_path(name)
         outputs.append((tmp, part / name))
         return pq.ParquetWriter(tmp, schema, **write_options(schema))

@@ -48,6 +48,12 @@ def write_options(schema: pa.Schema) -> dict:
     return {**PARQUET_OPTIONS, **storage.parquet_encoding(schema)}
 
 
+def part_name(first_ns: int, suffix: str = ".parquet") -> str:
+    """A new data file's name: its first flow's time (files sort in time order) and a random
+    part (unique among writers of one store, on disk and in a bucket)."""
+    return f"part-{max(first_ns, 0):019d}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
 def check_cluster(name: str) -> str:
     """Return name if it is usable as a cluster partition value, else raise ValueError."""
     if not CLUSTER_RE.match(name):
@@ -407,7 +413,7 @@ class Store:
     ) -> tuple[Path, Path, int]:
         final_dir = self.partition_dir(kind, cluster, hour_ns)
         first = pc.min(table.column("time")).as_py() if table.num_rows else 0
-        name = f"part-{first or 0:019d}-{uuid.uuid4().hex[:12]}.parquet"
+        name = part_name(first or 0)
         what = f"writing {final_dir.relative_to(self.root) / name}"
         tmp = self.root / INCOMING / f"{name}.tmp"
         try:

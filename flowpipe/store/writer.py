@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ from flowpipe.store.layout import (
     _by_hour,
     _describe_os_error,
     check_cluster,
+    part_name,
     stored_rows,
     write_options,
 )
@@ -77,7 +77,7 @@ class StreamWriter:
         if key not in self._open:
             final_dir = self.store.partition_dir(kind, self.cluster, hour_ns)
             first = pc.min(part.column("time")).as_py() or 0
-            name = f"part-{first:019d}-{uuid.uuid4().hex[:12]}.parquet"
+            name = part_name(first)
             tmp = self.store.tmp_path(name)
             try:
                 writer = pq.ParquetWriter(tmp, part.schema, **write_options(part.schema))
