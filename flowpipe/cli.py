@@ -430,9 +430,9 @@ def migrate(store_path: str | None) -> None:
 
     store = open_store(store_path, check_format=False)
     report = migrate_mod.migrate(store, stop=stop)
-    if not report.stopped and (store.root / catalog.DB_FILE).exists():
+    if not report.stopped and store.local and (store.root / catalog.DB_FILE).exists():
         catalog.write_database(store)  # its views read the stored columns of the new format
-    click.echo(report.summary(store.root))
+    click.echo(report.summary(store.url))
     if report.stopped:
         sys.exit(EXIT_FAILED)
 

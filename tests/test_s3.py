@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -430,3 +431,13 @@ def test_export_counts_the_same_over_s3_as_on_disk(s3, tmp_path):
     assert {c: h.flows for c, h in on_s3.health.items()} == {
         c: h.flows for c, h in on_disk.health.items()
     }
+
+
+def test_policy_whatif_over_s3_prints_what_it_prints_on_disk(s3, tmp_path):
+    disk = build(tmp_path / "disk", 4)
+    url = s3.url("whatif")
+    build(url, 4)
+    policies = str(Path(__file__).parent.parent / "deploy/kubernetes/lab/stage5")
+    outs = [cli("policy", "whatif", policies, "--store", store) for store in (str(disk.root), url)]
+    assert outs[0].returncode == outs[1].returncode and outs[0].stdout, outs[1].stderr
+    assert outs[1].stdout.replace(url, "STORE") == outs[0].stdout.replace(str(disk.root), "STORE")

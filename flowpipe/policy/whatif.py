@@ -216,11 +216,14 @@ def open_views(
         )
         for kind in (FLOWS, EVENTS)
     }
-    same = frozenset(kind for kind, paths in files.items() if catalog.same_schema(paths))
+    same = frozenset(
+        kind for kind, paths in files.items() if store.local and catalog.same_schema(paths)
+    )
     con = duckdb.connect(":memory:", config={"memory_limit": memory_limit} if memory_limit else {})
     try:
         # the same files are read by several queries: their footers are parsed once
         con.execute("SET parquet_metadata_cache = true")
+        catalog.register(con, store, files)
         for stmt in catalog.view_sql(store, files=files, same_schema=same):
             con.execute(stmt)
     except duckdb.Error as exc:
