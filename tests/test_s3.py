@@ -441,3 +441,38 @@ def test_policy_whatif_over_s3_prints_what_it_prints_on_disk(s3, tmp_path):
     outs = [cli("policy", "whatif", policies, "--store", store) for store in (str(disk.root), url)]
     assert outs[0].returncode == outs[1].returncode and outs[0].stdout, outs[1].stderr
     assert outs[1].stdout.replace(url, "STORE") == outs[0].stdout.replace(str(disk.root), "STORE")
+
+
+def test_tidy_deletes_removed_objects_and_orphans_and_folds_the_log(s3, monkeypatch):
+    """Once the safe age has passed (compaction run with a later `now`), removed objects and
+    orphans are deleted and the log is folded into a checkpoint; readers count the same."""
+    import time
+
+    import pyarrow.fs as pafs
+
+    from flowpipe.store import compact, objstore
+
+    monkeypatch.setattr(objstore, "CHECKPOINT_EVERY", 5)
+    url = s3.url("tidy")
+    store = Store.open(url, create=True)
+    hour = 3_600_000_000_000
+    total = _small_files(store, "c1", 8, 25, (time.time_ns() // hour - 3) * hour)
+    orphan = f"{store.root}/flows/cluster=c1/date=2000-01-01/hour=00/part-orphan.parquet"
+    store._put(orphan, b"left by a writer killed between its two PUTs")
+
+    def objects(sub: str) -> list[str]:
+        sel = pafs.FileSelector(f"{store.root}/{sub}", recursive=True, allow_not_found=True)
+        return sorted(i.path for i in store.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+
+    later = time.time_ns() + 2 * hour  # past SAFE_AGE_NS for everything written now
+    report = compact.compact(Store.open(url), now=later, settle_s=0)
+    assert report.merged_files == 8
+    live = Store.open(url).committed("flows", "c1")
+    assert objects("flows/cluster=c1") == live and len(live) == 1  # inputs and orphan deleted
+    assert query.fetch(Store.open(url), COUNT)[1] == [(total, total)]
+    Store.open(url).tidy(later + 2 * hour)  # the checkpoint is now old enough to replace entries
+    log = objects("_log/c1")
+    assert len(log) == 1 and "/_checkpoint/" in log[0], log
+    assert query.fetch(Store.open(url), COUNT)[1] == [(total, total)]
+    _small_files(Store.open(url), "c1", 1, 10, time.time_ns(), seed=50)  # new entries still count
+    assert query.fetch(Store.open(url), COUNT)[1] == [(total + 10, total + 10)]
