@@ -106,7 +106,13 @@ class ObjectStore(Store):
         with self.fs.open_input_stream(path) as fh:
             return fh.read()
 
+    def _parent(self, path: str) -> None:
+        # object stores have no directories; a local filesystem (bench/log_on_disk.py) does
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+
     def _put(self, path: str, data: bytes) -> None:
+        self._parent(path)
         with self.fs.open_output_stream(path) as fh:
             fh.write(data)
 
@@ -137,7 +143,10 @@ class ObjectStore(Store):
                 continue
             self._call(
                 "writing its schema files",
-                lambda p=path, t=sch.empty_table(): pq.write_table(t, p, filesystem=self.fs),
+                lambda p=path, t=sch.empty_table(): (
+                    self._parent(p),
+                    pq.write_table(t, p, filesystem=self.fs),
+                ),
             )
 
     def finish_format(self) -> None:
@@ -199,6 +208,7 @@ class ObjectStore(Store):
         staged.pending.clear()
 
     def _upload(self, tmp: Path, final: str) -> None:
+        self._parent(final)
         with open(tmp, "rb") as src, self.fs.open_output_stream(final) as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
 
