@@ -125,6 +125,9 @@ class Snapshot:
         for a in e.add:
             self.live[a.path] = (a, e.writer, e.seq, e.time_ns)
 
+    def copy(self) -> Snapshot:
+        return Snapshot(dict(self.applied), dict(self.live), dict(self.removed), self.skipped)
+
     def after_for(self, paths: list[str]) -> dict[str, int]:
         """The `after` of an entry removing paths: the entries that added them."""
         out: dict[str, int] = {}

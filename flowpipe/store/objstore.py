@@ -71,6 +71,8 @@ class ObjectStore(Store):
         self._entries: dict[str, dict[tuple[str, int], Entry]] = {}  # cluster -> entries read
         self._snaps: dict[str, tuple[float, Snapshot]] = {}
         self._since_checkpoint: dict[str, int] = {}  # cluster -> entries read past the checkpoint
+        self._bases: dict[str, Snapshot] = {}  # cluster -> the last snapshot (entries applied)
+        self._cps: dict[str, tuple[str, Snapshot]] = {}  # cluster -> newest checkpoint read
         self._lock = threading.Lock()
 
     @classmethod
@@ -257,37 +259,37 @@ class ObjectStore(Store):
     # ------------------------------------------------------------ reading
 
     def snapshot(self, cluster: str, fresh: bool = False) -> Snapshot:
-        """The committed objects of cluster: the newest checkpoint plus the log entries after it."""
+        """The committed objects of cluster: the last snapshot this process made (or the newest
+        checkpoint) plus the log entries after it. Callers must not change it (see copy)."""
         with self._lock:
             hit = self._snaps.get(cluster)
             if hit and not fresh and time.monotonic() - hit[0] < SNAPSHOT_TTL_S:
                 return hit[1]
         prefix = self._path(f"{LOG}/{cluster}")
-        names = [i.base_name for i in self._list(prefix) if i.type == pafs.FileType.File]
-        snap = Snapshot()
+        listed = {
+            wn: i.base_name
+            for i in self._list(prefix)
+            if i.type == pafs.FileType.File and (wn := parse_name(i.base_name)) is not None
+        }
         cps = sorted(
             i.base_name
             for i in self._list(f"{prefix}/{CHECKPOINTS}")
             if i.type == pafs.FileType.File
         )
-        if cps:
-            data = self._call(
-                "reading a checkpoint", self._get, f"{prefix}/{CHECKPOINTS}/{cps[-1]}"
-            )
-            snap = Snapshot.decode(data)
+        cp = self._checkpoint(cluster, f"{prefix}/{CHECKPOINTS}/{cps[-1]}") if cps else Snapshot()
         with self._lock:
             cache = self._entries.setdefault(cluster, {})
+            base = self._bases.get(cluster)
+            if base is None or not _continues(base, cp, set(listed) | set(cache)):
+                base = cp  # (again) from the checkpoint: entries base needs were folded away
+            snap = base.copy()
             self._since_checkpoint[cluster] = sum(
-                1
-                for name in names
-                if (wn := parse_name(name)) is not None and wn[1] > snap.applied.get(wn[0], 0)
+                1 for w, seq in listed if seq > cp.applied.get(w, 0)
             )
             want = [
                 name
-                for name in names
-                if (wn := parse_name(name)) is not None
-                and wn[1] > snap.applied.get(wn[0], 0)
-                and wn not in cache
+                for (w, seq), name in listed.items()
+                if seq > snap.applied.get(w, 0) and (w, seq) not in cache
             ]
         if want:
             with ThreadPoolExecutor(min(GET_THREADS, len(want))) as pool:
@@ -302,8 +304,18 @@ class ObjectStore(Store):
                     cache[(e.writer, e.seq)] = e
         with self._lock:
             snap.apply(cache)
+            for key in [k for k in cache if k[1] <= snap.applied.get(k[0], 0)]:
+                del cache[key]  # applied: the snapshot holds what it did (memory stays flat)
+            self._bases[cluster] = snap.copy()
             self._snaps[cluster] = (time.monotonic(), snap)
         return snap
+
+    def _checkpoint(self, cluster: str, path: str) -> Snapshot:
+        hit = self._cps.get(cluster)
+        if hit is None or hit[0] != path:
+            hit = (path, Snapshot.decode(self._call("reading a checkpoint", self._get, path)))
+            self._cps[cluster] = hit
+        return hit[1]
 
     def clusters(self) -> list[str]:
         return sorted(
@@ -430,7 +442,7 @@ class ObjectStore(Store):
         killed writer) over SAFE_AGE_NS ago; fold the log into a checkpoint every
         CHECKPOINT_EVERY entries and delete entries a checkpoint over SAFE_AGE_NS old covers."""
         for cluster in self.clusters():
-            snap = self.snapshot(cluster, fresh=True)
+            snap = self.snapshot(cluster, fresh=True).copy()
             old = now_ns - SAFE_AGE_NS
             gone = [rel for rel, t in snap.removed.items() if t < old]
             for kind in (FLOWS, EVENTS):
@@ -477,6 +489,15 @@ class ObjectStore(Store):
         for c in settled[:-1]:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.delete_file(f"{prefix}/{CHECKPOINTS}/{c}")
+
+
+def _continues(base: Snapshot, cp: Snapshot, present: set[tuple[str, int]]) -> bool:
+    """Whether base can reach the checkpoint's state from entries still present: for every
+    writer the checkpoint is ahead on, base's next entry must still exist."""
+    return all(
+        seq <= base.applied.get(w, 0) or (w, base.applied.get(w, 0) + 1) in present
+        for w, seq in cp.applied.items()
+    )
 
 
 def _cluster_of(rel: str) -> str:
