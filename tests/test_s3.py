@@ -468,6 +468,8 @@ def test_tidy_deletes_removed_objects_and_orphans_and_folds_the_log(s3, monkeypa
         sel = pafs.FileSelector(f"{store.root}/{sub}", recursive=True, allow_not_found=True)
         return sorted(i.path for i in store.fs.get_file_info(sel) if i.type == pafs.FileType.File)
 
+    reader = Store.open(url)  # a long-running reader (serve, export) across all of it
+    assert query.fetch(reader, COUNT)[1] == [(total, total)]
     later = time.time_ns() + 2 * hour  # past SAFE_AGE_NS for everything written now
     report = compact.compact(Store.open(url), now=later, settle_s=0)
     assert report.merged_files == 8
@@ -480,3 +482,5 @@ def test_tidy_deletes_removed_objects_and_orphans_and_folds_the_log(s3, monkeypa
     assert query.fetch(Store.open(url), COUNT)[1] == [(total, total)]
     _small_files(Store.open(url), "c1", 1, 10, time.time_ns(), seed=50)  # new entries still count
     assert query.fetch(Store.open(url), COUNT)[1] == [(total + 10, total + 10)]
+    reader.snapshot("c1", fresh=True)  # its entries were folded away: it goes on from there
+    assert query.fetch(reader, COUNT)[1] == [(total + 10, total + 10)]
