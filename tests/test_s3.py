@@ -484,3 +484,25 @@ def test_tidy_deletes_removed_objects_and_orphans_and_folds_the_log(s3, monkeypa
     assert query.fetch(Store.open(url), COUNT)[1] == [(total + 10, total + 10)]
     reader.snapshot("c1", fresh=True)  # its entries were folded away: it goes on from there
     assert query.fetch(reader, COUNT)[1] == [(total + 10, total + 10)]
+
+
+def test_a_log_put_whose_answer_is_lost_is_never_overwritten(s3, monkeypatch):
+    """The entry landed but the writer heard an error (and could not read it back): its number
+    is never used again, so the rows it committed stay, and the next commit adds to them."""
+    store = Store.open(s3.url("lost-answer"), create=True)
+    write_responses(store, make_responses(10, seed=1), cluster="c1")
+    put = store._put
+
+    def landed_but_lost(path: str, data: bytes) -> None:
+        put(path, data)
+        if "/_log/" in path:
+            raise OSError("connection reset (the answer to a PUT that landed)")
+
+    monkeypatch.setattr(store, "_put", landed_but_lost)
+    monkeypatch.setattr(store, "_landed", lambda path, data: False)  # the read-back failed too
+    with pytest.raises(StoreError, match="committing to the log"):
+        write_responses(store, make_responses(20, seed=2), cluster="c1")
+    monkeypatch.setattr(store, "_put", put)
+    write_responses(store, make_responses(30, seed=3), cluster="c1")
+    _, rows = query.fetch(Store.open(store.url), COUNT)
+    assert rows == [(60, 60)]  # the 20 whose commit looked failed are there: they landed

@@ -53,7 +53,7 @@ CHECKPOINT_EVERY = 200  # log entries past the newest checkpoint before compacti
 
 _WRITERS: dict[tuple[int, str], str] = {}  # (pid, store url) -> this process's writer id
 _SEQ: dict[tuple[str, str], int] = {}  # (writer id, cluster) -> last seq written
-_SEQ_LOCK = threading.Lock()
+_SEQ_LOCK = threading.RLock()  # append retires a writer id while holding it
 
 
 class ObjectStore(Store):
