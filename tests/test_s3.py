@@ -256,11 +256,17 @@ def test_sigkill_of_a_collector_writing_to_s3_loses_and_repeats_nothing(s3):
     with ReplayServer(responses=a, follow=True) as ra, ReplayServer(responses=b, follow=True) as rb:
         cmd = collect_cmd(store, ra.address, rb.address)
         counts = []
-        for _ in range(6):
+        for _ in range(5):
+            before = count()
             proc = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            time.sleep(rng.uniform(1.5, 4.0))  # start-up, mid-stream, mid-upload or mid-commit
+            # once it commits (a loaded machine starts slowly), at a random moment: mid-stream,
+            # mid-upload or between the upload and the commit (start-up, once all is stored)
+            deadline = time.monotonic() + 30
+            while count() == before < 2 * n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.0, 1.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             counts.append(count())
