@@ -21,6 +21,9 @@ install: $(PY)
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "note: install Debian package 'prometheus' for the metrics tests (sudo apt-get install prometheus)"; fi; }
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null; \
+	  else echo "note: install Java 17 for the Spark tests (sudo apt-get install openjdk-17-jre-headless)"; fi; }
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -60,6 +60,8 @@ BENCHMARKS = [
         1800,
     ),
     ("policy_speed", "policy_speed.py", [], ["--flows", "1000000", "--repeat", "1"], 1800),
+    # stage 5 on a loopback Spark cluster (two workers) beside DuckDB, over the same big store
+    ("spark_check", "spark_check.py", [], ["--flows", "1000000", "--repeat", "1"], 3600),
 ]
 
 

@@ -148,6 +148,23 @@ store_option = click.option(
 )
 
 
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="Where the SQL runs: DuckDB here, or a Spark cluster through Spark Connect "
+    "(same SQL, translated; needs flowpipe[spark]).",
+)
+spark_remote_option = click.option(
+    "--spark-remote",
+    envvar="SPARK_REMOTE",
+    metavar="URL",
+    help="Spark Connect endpoint for --engine spark, e.g. sc://spark.example:15002 (or "
+    "$SPARK_REMOTE). Every Spark process must see the store's path.",
+)
+
+
 def open_store(path: str | None, create: bool = False, check_format: bool = True):
     from flowpipe.store.layout import Store
 
@@ -196,8 +213,17 @@ def run() -> None:
 @click.option(
     "--max-rows", type=int, default=1000, show_default=True, help="Rows printed in table format."
 )
+@engine_option
+@spark_remote_option
 @handle_errors
-def query(sql: str, store_path: str | None, fmt: str, max_rows: int) -> None:
+def query(
+    sql: str,
+    store_path: str | None,
+    fmt: str,
+    max_rows: int,
+    engine: str,
+    spark_remote: str | None,
+) -> None:
     """Run SQL over the store's views and print the result.
 
     Views: flows, policy_verdicts, drops, l7_http, l7_dns, events, lost_events, node_status
@@ -205,12 +231,22 @@ def query(sql: str, store_path: str | None, fmt: str, max_rows: int) -> None:
 
     Example:
 
+    \b
         flowpipe query --store ./store "SELECT cluster, verdict, count(*) FROM flows GROUP BY ALL"
+        flowpipe query --engine spark --spark-remote sc://localhost:15002 "SELECT count(*) FROM drops"
     """
     from flowpipe.views import query as q
 
     store = open_store(store_path)
-    q.run(store, sql, fmt=fmt, out=sys.stdout, max_rows=max_rows)
+    q.run(
+        store,
+        sql,
+        fmt=fmt,
+        out=sys.stdout,
+        max_rows=max_rows,
+        engine=engine,
+        spark_remote=spark_remote,
+    )
 
 
 @main.command()
@@ -527,7 +563,10 @@ def import_cmd(
     help="Seconds one rule may run on one cluster.",
 )
 @click.option(
-    "--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit for rule queries."
+    "--memory-limit",
+    default="1GB",
+    show_default=True,
+    help="DuckDB memory limit for rule queries (not used by --engine spark).",
 )
 @click.option(
     "--samples",
@@ -536,9 +575,22 @@ def import_cmd(
     show_default=True,
     help="Offending flows shown per failing rule and cluster.",
 )
+@engine_option
+@spark_remote_option
 @handle_errors
 def check(
-    files, store_path, since, until, clusters, fmt, output, rule_timeout, memory_limit, samples
+    files,
+    store_path,
+    since,
+    until,
+    clusters,
+    fmt,
+    output,
+    rule_timeout,
+    memory_limit,
+    samples,
+    engine,
+    spark_remote,
 ) -> None:
     """Check that the stored flows are the flows a policy stage must produce.
 
@@ -552,6 +604,7 @@ def check(
     \b
         flowpipe check stage5.sql --store ./store --since 15m
         flowpipe check ./my-rules/ --cluster cluster1 --format junit -o check.xml
+        flowpipe check stage5.sql --engine spark --spark-remote sc://spark.example:15002
     """
     from flowpipe.rules import check as check_mod
     from flowpipe.rules import report
@@ -567,6 +620,8 @@ def check(
         rule_timeout=rule_timeout,
         memory_limit=memory_limit,
         samples=samples,
+        engine=engine,
+        spark_remote=spark_remote,
     )
     text = report.render(result, fmt)
     code = report.exit_code(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -71,3 +72,45 @@ def s3(s3_server, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+# ---------------------------------------------------------------- Spark
+
+_spark_clusters: list = []
+
+
+@pytest.fixture(scope="session")
+def spark_remote(tmp_path_factory) -> str:
+    """sc://127.0.0.1:PORT of a real Spark cluster on loopback (a master, two workers, Spark
+    Connect), started once per test session; its logs are attached to failing tests."""
+    from tests.support.spark_cluster import SparkCluster, SparkClusterError
+    from tests.support.tools import require
+
+    if os.environ.get("FLOWPIPE_TEST_SPARK_REMOTE"):  # a running cluster, while iterating
+        yield os.environ["FLOWPIPE_TEST_SPARK_REMOTE"]
+        return
+    require("java", "openjdk-17-jre-headless")
+    cluster = SparkCluster(tmp_path_factory.mktemp("spark"), workers=2)
+    _spark_clusters.append(cluster)
+    try:
+        cluster.start()
+    except SparkClusterError as exc:
+        pytest.fail(f"cannot start the test Spark cluster: {exc}", pytrace=False)
+    yield cluster.remote
+    cluster.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _spark_clusters and "spark_remote" in getattr(item, "fixturenames", ()):
+        rep.sections.append(("spark cluster logs", _spark_clusters[-1].logs()))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # `-m "not spark"` skips the tests that need the cluster
+        if "spark_remote" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+            # the first one also waits for the cluster to start (JVMs on a busy machine)
+            item.add_marker(pytest.mark.timeout(900))

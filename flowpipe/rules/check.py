@@ -21,6 +21,8 @@ from flowpipe.rules.status import Status, stage_verdict
 from flowpipe.store.layout import Store, check_cluster
 from flowpipe.views.catalog import RAW_TIME
 
+ENGINES = ("duckdb", "spark")
+
 
 @dataclass
 class RuleResult:
@@ -75,11 +77,21 @@ def run_check(
     rule_timeout: float = 30.0,
     memory_limit: str = "1GB",
     samples: int = 5,
+    engine: str = "duckdb",
+    spark_remote: str | None = None,
 ) -> CheckReport:
-    """Evaluate every rule of the rule files on every cluster over [since, until]."""
+    """Evaluate every rule of the rule files on every cluster over [since, until], with DuckDB
+    or on Spark (engine="spark", through Spark Connect at spark_remote)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
     files = list({rf.path: rf for rf in rules_mod.load([str(p) for p in paths])}.values())
     for rf in files:
         validate(rf)
+    if engine == "spark":
+        from flowpipe.rules import spark
+
+        for rf in files:
+            spark.validate(store, rf)
     since_dt = parse_time(since, "--since") if since is not None else None
     until_dt = parse_time(until, "--until") if until is not None else None
     if since_dt and until_dt and since_dt > until_dt:
@@ -89,7 +101,10 @@ def run_check(
     names = _clusters(store, clusters)
     results: list[RuleResult] = []
     with store.read_lock():
-        sb = sandbox.Sandbox(store, names, since_dt, until_dt, memory_limit=memory_limit)
+        if engine == "spark":
+            sb = spark.SparkSandbox(store, names, since_dt, until_dt, remote=spark_remote)
+        else:
+            sb = sandbox.Sandbox(store, names, since_dt, until_dt, memory_limit=memory_limit)
         try:
             plan = [(rf, rule) for rf in files for rule in rf.rules]
             # rules that filter rows of one view: every cluster at once, all of them in one scan
@@ -193,7 +208,7 @@ def _evaluate_together(
                 query, f"rules over {base}"
             )  # built from checked parts; checked whole anyway
             _, rows = sb.run(query, timeout * len({id(pc.shape) for pc in pieces}) * len(names))
-        except (RuleError, sandbox.RuleTimeout, duckdb.Error):
+        except (RuleError, sandbox.RuleTimeout, *sb.errors):
             failed.update(id(pc.shape) for pc in pieces)
             continue
         per = {row[0]: row[1:] for row in rows}
@@ -305,7 +320,7 @@ def _samples_together(
             )
             sb.scope_all(only={f for (f,) in found})
             cols, rows = sb.run(query, timeout * len(wanted))
-        except (RuleError, sandbox.RuleTimeout, duckdb.Error):
+        except (RuleError, sandbox.RuleTimeout, *sb.errors):
             alone.update(
                 {
                     key: (next(sh.rule for sh in shapes if id(sh) == key[0]), res)
@@ -334,7 +349,7 @@ def _samples_together(
         started = time.monotonic()
         try:  # a failure here is reported as _evaluate reports it
             res.samples = _samples(sb, rule, k, timeout, cluster)
-        except (sandbox.RuleTimeout, duckdb.Error) as exc:
+        except (sandbox.RuleTimeout, *sb.errors) as exc:
             res.message = _failure(exc, memory_limit)
         res.duration_s += time.monotonic() - started
 
@@ -363,7 +378,7 @@ def _evaluate(
         if res.status != Status.PASS and res.violations and k > 0:
             left = max(0.1, timeout - (time.monotonic() - started))
             res.samples = _samples(sb, rule, k, left)
-    except (sandbox.RuleTimeout, duckdb.Error) as exc:
+    except (sandbox.RuleTimeout, *sb.errors) as exc:
         res.message = _failure(exc, memory_limit)
     if res.status == Status.ERROR:
         res.message = f"{rule.where()}: {res.message}"
@@ -411,7 +426,7 @@ def _samples(
 ) -> list[dict]:
     try:
         names, rows = sb.run(samples_sql(rule, k, ordered=True, cluster=cluster), timeout)
-    except duckdb.BinderException:  # the rule's rows have no time column: any order
+    except sb.missing_column:  # the rule's rows have no time column: any order
         names, rows = sb.run(samples_sql(rule, k, ordered=False, cluster=cluster), timeout)
     return [dict(zip(names, row)) for row in rows]
 

@@ -344,6 +344,9 @@ class RuleTimeout(Exception):
 class Sandbox:
     """A DuckDB connection that can read the window's Parquet files of the store and nothing else."""
 
+    errors: tuple[type[Exception], ...] = (duckdb.Error,)  # a query that failed (check.py)
+    missing_column: type[Exception] = duckdb.BinderException  # e.g. no time to order samples by
+
     def __init__(
         self,
         store: Store,
@@ -355,13 +358,8 @@ class Sandbox:
         threads: int | None = None,
     ):
         self.store, self.since, self.until = store, since, until
-        since_ns = datetime_ns(since) if since else None
-        until_ns = datetime_ns(until) if until else None
         # listed once: files committed later are not seen, and no other path is ever readable
-        self.files = {
-            c: {kind: window_files(store, kind, c, since_ns, until_ns) for kind in (FLOWS, EVENTS)}
-            for c in clusters
-        }
+        self.files = cluster_files(store, clusters, since, until)
         readable = sorted({f for per in self.files.values() for fs in per.values() for f in fs})
         # files of one schema (the usual case) are read without union_by_name, whose schema
         # reading at every bind costs seconds on stores of thousands of files
@@ -478,6 +476,18 @@ class Sandbox:
 
     def close(self) -> None:
         self.con.close()
+
+
+def cluster_files(
+    store: Store, clusters: list[str], since: datetime | None, until: datetime | None
+) -> dict[str, dict[str, list[str]]]:
+    """cluster -> kind -> the window's files (window_files), for every cluster."""
+    since_ns = datetime_ns(since) if since else None
+    until_ns = datetime_ns(until) if until else None
+    return {
+        c: {kind: window_files(store, kind, c, since_ns, until_ns) for kind in (FLOWS, EVENTS)}
+        for c in clusters
+    }
 
 
 def window_files(

@@ -31,9 +31,24 @@ def fetch(store: Store, sql: str, params: list | None = None) -> tuple[list[str]
             con.close()
 
 
-def run(store: Store, sql: str, *, fmt: str = "table", out: IO[str], max_rows: int = 1000) -> int:
-    """Print the result of sql to out in fmt; return the number of rows."""
-    names, rows = fetch(store, sql)
+def run(
+    store: Store,
+    sql: str,
+    *,
+    fmt: str = "table",
+    out: IO[str],
+    max_rows: int = 1000,
+    engine: str = "duckdb",
+    spark_remote: str | None = None,
+) -> int:
+    """Print the result of sql to out in fmt; return the number of rows. engine="spark": the
+    same SQL (DuckDB's dialect) translated and run through Spark Connect at spark_remote."""
+    if engine == "spark":
+        from flowpipe.views import spark
+
+        names, rows = spark.fetch(store, sql, spark_remote)
+    else:
+        names, rows = fetch(store, sql)
     if fmt == "csv":
         w = csv.writer(out)
         w.writerow(names)
