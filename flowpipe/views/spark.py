@@ -26,7 +26,7 @@ from flowpipe.codec import summary
 from flowpipe.common.sql import date_literal, datetime_ns, ns_literal, quote
 from flowpipe.common.text import first_line
 from flowpipe.errors import ConfigError, QueryError
-from flowpipe.store.layout import EVENTS, FLOWS, SCHEMA_CLUSTER, Store, StoreError
+from flowpipe.store.layout import EVENTS, FLOWS, Store, StoreError
 from flowpipe.views import catalog, columns
 from flowpipe.views import translate as tr
 from flowpipe.views.catalog import RAW_TIME
@@ -136,12 +136,12 @@ def schema_files(store: Store) -> dict[str, str]:
     """The schema file of each kind (every store has one; it defines the columns)."""
     out = {}
     for kind in (FLOWS, EVENTS):
-        found = sorted((store.root / kind / f"cluster={SCHEMA_CLUSTER}").glob("*/*/*.parquet"))
+        found = store.schema_files(kind)
         if not found:
             raise StoreError(
-                f"store {store.root}: no schema file under {kind}/ (is this a flowpipe store?)"
+                f"store {store.url}: no schema file under {kind}/ (is this a flowpipe store?)"
             )
-        out[kind] = str(found[-1])
+        out[kind] = found[-1]
     return out
 
 
