@@ -512,3 +512,28 @@ def test_a_log_put_whose_answer_is_lost_is_never_overwritten(s3, monkeypatch):
     write_responses(store, make_responses(30, seed=3), cluster="c1")
     _, rows = query.fetch(Store.open(store.url), COUNT)
     assert rows == [(60, 60)]  # the 20 whose commit looked failed are there: they landed
+
+
+def test_spark_reads_the_committed_objects_through_s3a_and_maps_them_back(s3, tmp_path):
+    """Spark gets the log's committed objects as s3a:// URIs (never the bucket's directory), and
+    check's sample lookup maps the names Spark reports back to the store's own paths."""
+    from flowpipe.rules.spark import _local_path
+    from flowpipe.views.spark import spark_uri
+
+    store = Store.open(s3.url("sparkpaths"), create=True)
+    store.write("c1", storage.to_storage(_flows(20)), None)
+    files = store.committed()
+    assert files
+    for f in files:
+        uri = spark_uri(store, f)
+        assert uri == f"s3a://{f}" and _local_path(uri) == f
+    local = Store.open(tmp_path / "local", create=True)
+    assert spark_uri(local, "/a/b c.parquet") == "/a/b c.parquet"
+    assert _local_path("file:/a/b%20c.parquet") == "/a/b c.parquet"
+
+
+def _flows(n: int):
+    from flowpipe.codec import decode
+
+    responses = [r.SerializeToString() for r in make_responses(n, seed=5)]
+    return decode.split_responses(decode.decode_responses(responses))[0]

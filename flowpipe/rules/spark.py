@@ -233,9 +233,14 @@ class SparkSandbox:
 
 
 def _local_path(uri: str) -> str:
-    """The local path of a file as Spark names it (file:/a/b%20c -> /a/b c)."""
+    """The store's path of a file as Spark names it (file:/a/b%20c -> /a/b c; an object
+    s3a://bucket/key -> bucket/key, as an object store names it)."""
     parts = urlsplit(uri)
-    return unquote(parts.path) if parts.scheme == "file" else uri
+    if parts.scheme == "file":
+        return unquote(parts.path)
+    if parts.scheme in ("s3a", "gs"):
+        return parts.netloc + unquote(parts.path)
+    return uri
 
 
 def _failed(exc: Exception) -> QueryFailed:

@@ -70,6 +70,20 @@ SESSION_CONF = {
 _BASE = {FLOWS: "__fp_flows", EVENTS: "__fp_events"}  # DataFrames over the files; not for rules
 
 
+# the Hadoop filesystem Spark reads an object store through, by store URL scheme
+SPARK_SCHEMES = {"s3": "s3a", "gs": "gs"}
+
+
+def spark_uri(store: Store, path: str) -> str:
+    """A store path as Spark names it: local paths as they are; objects of an s3:// store
+    through Hadoop's S3A connector (s3a://), of a gs:// store through the GCS connector.
+    Neither connector is on a registry these machines reach: untested on Spark (docs/spark.md)."""
+    if getattr(store, "local", True):
+        return path
+    scheme = store.url.split("://", 1)[0]
+    return f"{SPARK_SCHEMES.get(scheme, scheme)}://{path}"
+
+
 def _quiet_import():
     """pyspark's connect client, without its import-time warnings (pandas versions)."""
     try:
@@ -270,6 +284,7 @@ class SparkViews:
         cond = f" WHERE {where}" if where else ""
         for kind in (FLOWS, EVENTS):
             paths = list(dict.fromkeys([self._schema_files[kind], *files.get(kind, [])]))
+            paths = [self._uri(p) for p in paths]
             df = self._reader(kind).parquet(*paths)
             df.createOrReplaceTempView(_BASE[kind])
             path = self._F.col("_metadata.file_path").alias("filename")
@@ -288,11 +303,14 @@ class SparkViews:
                 self._command(stmt)
             self._defined = True
 
+    def _uri(self, path: str) -> str:
+        return spark_uri(self.store, path)
+
     def _reader(self, kind: str):
         """A Parquet reader with the schema file's columns and the partition columns' types."""
         if kind not in self._spark_schema:
             T = self._T
-            stored = self.session.read.parquet(self._schema_files[kind]).schema
+            stored = self.session.read.parquet(self._uri(self._schema_files[kind])).schema
             self._spark_schema[kind] = T.StructType(
                 [
                     *(f for f in stored.fields if f.name not in ("cluster", "date", "hour")),
@@ -303,7 +321,7 @@ class SparkViews:
             )
         return (
             self.session.read.schema(self._spark_schema[kind])
-            .option("basePath", str(self.store.root / kind))
+            .option("basePath", self._uri(str(self.store.root / kind)))
             .option("mergeSchema", "false")
         )
 
