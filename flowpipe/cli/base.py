@@ -188,8 +188,16 @@ def main() -> None:
     """
 
 
+# Arrow's allocator for the program and its children, read when pyarrow first allocates. The
+# system allocator returns freed batches to the OS: `flowpipe import` of two files peaked at
+# 238 MB with it against 287 MB with jemalloc, and took less CPU (6.9 s against 8.0 s). A user's
+# own ARROW_DEFAULT_MEMORY_POOL wins.
+ARROW_POOL = ("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+
 def run() -> None:
     """The program: stop signals are held from the first moment until a command takes them."""
+    os.environ.setdefault(*ARROW_POOL)
     if threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             signal.signal(sig, _hold)
