@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -140,3 +144,27 @@ def test_store_env_is_the_stores():
     from flowpipe.store import layout
 
     assert cli.STORE_ENV == layout.ENV
+
+
+@pytest.mark.parametrize("given, used", [(None, "system"), ("jemalloc", "jemalloc")])
+def test_the_program_uses_arrows_system_allocator_unless_told(given, used):
+    """run() picks the allocator before pyarrow allocates (it returns freed batches to the OS:
+    bench/RESULTS.md); a user's own ARROW_DEFAULT_MEMORY_POOL wins, and children inherit it."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if given:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = given
+    code = (
+        "import sys, subprocess\n"
+        "from flowpipe.cli import run\n"
+        "sys.argv = ['flowpipe', '--version']\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\n"
+        "import pyarrow as pa\n"
+        "child = subprocess.run([sys.executable, '-c', 'import pyarrow as pa; "
+        "print(pa.default_memory_pool().backend_name)'], capture_output=True, text=True)\n"
+        "print(pa.default_memory_pool().backend_name, child.stdout.strip())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == [used, used]
