@@ -145,6 +145,14 @@ store_option = click.option(
 )
 
 
+rule_timeout_option = click.option(
+    "--rule-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds one rule may run on one cluster.",
+)
+
 engine_option = click.option(
     "--engine",
     type=click.Choice(["duckdb", "spark"]),

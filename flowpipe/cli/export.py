@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from flowpipe.cli.base import handle_errors, main, open_store, setup_logging, store_option
+from flowpipe.cli.base import (
+    handle_errors,
+    main,
+    open_store,
+    rule_timeout_option,
+    setup_logging,
+    store_option,
+)
 
 
 @main.command()
@@ -36,13 +43,7 @@ from flowpipe.cli.base import handle_errors, main, open_store, setup_logging, st
     show_default=True,
     help="Rules look at the flows of this last stretch of time.",
 )
-@click.option(
-    "--rule-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds one rule may run on one cluster.",
-)
+@rule_timeout_option
 @click.option(
     "--memory-limit",
     default="1GB",

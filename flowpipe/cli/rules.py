@@ -12,6 +12,7 @@ from flowpipe.cli.base import (
     handle_errors,
     main,
     open_store,
+    rule_timeout_option,
     spark_remote_option,
     store_option,
 )
@@ -44,13 +45,7 @@ from flowpipe.cli.base import (
     type=click.Path(dir_okay=False, writable=True),
     help="Write the report to this file instead of stdout.",
 )
-@click.option(
-    "--rule-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds one rule may run on one cluster.",
-)
+@rule_timeout_option
 @click.option(
     "--memory-limit",
     default="1GB",
