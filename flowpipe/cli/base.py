@@ -145,6 +145,16 @@ store_option = click.option(
 )
 
 
+def window_options(fn):
+    """--since and --until: the window of stored flows a command reads."""
+    fn = click.option("--until", help="End of the window, same forms as --since. Default: now.")(fn)
+    return click.option(
+        "--since",
+        help="Start of the window: a duration before now (15m, 24h, 7d) or RFC 3339. "
+        "Default: the first stored flow.",
+    )(fn)
+
+
 rule_timeout_option = click.option(
     "--rule-timeout",
     type=float,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from flowpipe.cli.base import handle_errors, main, open_store, store_option
+from flowpipe.cli.base import handle_errors, main, open_store, store_option, window_options
 
 
 @main.group()
@@ -24,8 +24,7 @@ def policy() -> None:
 @policy.command("whatif")
 @click.argument("paths", nargs=-1, required=True, metavar="POLICY_FILE_OR_DIR...")
 @store_option
-@click.option("--since", help="Start of the window: a duration before now (24h, 7d) or RFC3339.")
-@click.option("--until", help="End of the window, same forms as --since. Default: now.")
+@window_options
 @click.option(
     "--cluster",
     "clusters",
@@ -73,8 +72,7 @@ def policy_whatif(paths, store_path, since, until, clusters, fmt) -> None:
 @policy.command("suggest")
 @click.option("--namespace", "-n", required=True, help="Namespace whose workloads get policies.")
 @store_option
-@click.option("--since", help="Start of the window: a duration before now (24h, 7d) or RFC3339.")
-@click.option("--until", help="End of the window, same forms as --since. Default: now.")
+@window_options
 @click.option(
     "--cluster", "clusters", multiple=True, help="Cluster whose flows count (repeatable)."
 )

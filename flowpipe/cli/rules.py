@@ -15,17 +15,14 @@ from flowpipe.cli.base import (
     rule_timeout_option,
     spark_remote_option,
     store_option,
+    window_options,
 )
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @store_option
-@click.option(
-    "--since",
-    help="Start of the window: a duration before now (15m, 2h, 7d) or RFC3339. Default: all.",
-)
-@click.option("--until", help="End of the window, same forms as --since. Default: now.")
+@window_options
 @click.option(
     "--cluster",
     "clusters",
